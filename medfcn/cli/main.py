@@ -1,0 +1,120 @@
+"""The ``medfcn`` application: subcommands are composed from one module each (``add_typer``)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import platform
+from typing import Annotated
+
+import typer
+
+from medfcn import __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="medfcn",
+    help="Fully Convolutional Networks for CT and MR segmentation (MONAI bundles, DICOM and NIfTI).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"medfcn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Fully Convolutional Networks for CT and MR segmentation (MONAI bundles, DICOM and NIfTI)."""
+
+
+_OPTIONAL_PARTS = {
+    "onnx": "ONNX export (medfcn[onnx])",
+    "onnxruntime": "ONNX Runtime checks (medfcn[onnx])",
+    "monai.deploy": "MONAI Deploy app (medfcn[deploy])",
+    "highdicom": "DICOM SEG writing",
+    "mlflow": "experiment tracking",
+}
+
+
+def _package_version(module: str) -> str:
+    try:
+        if importlib.util.find_spec(module) is None:
+            return "not installed"
+    except (ImportError, ValueError):
+        return "not installed"
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        dist = {"monai.deploy": "monai-deploy-app-sdk"}.get(module, module)
+        return version(dist)
+    except PackageNotFoundError:
+        return "installed"
+
+
+@app.command()
+def info() -> None:
+    """Print versions of medfcn, MONAI and PyTorch, the devices available and the optional parts installed."""
+    import monai
+    import torch
+
+    rows: list[tuple[str, str]] = [
+        ("medfcn", __version__),
+        ("python", platform.python_version()),
+        ("platform", platform.platform(terse=True)),
+        ("monai", monai.__version__),
+        ("torch", torch.__version__),
+        ("cuda available", str(torch.cuda.is_available())),
+    ]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            rows.append((f"cuda:{i}", torch.cuda.get_device_name(i)))
+    bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+    rows.append(("bf16 autocast", "yes" if bf16 else "no"))
+    rows.append(("cpu threads", str(torch.get_num_threads())))
+    for module, what in _OPTIONAL_PARTS.items():
+        rows.append((f"{module} ({what})", _package_version(module)))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+def _register() -> None:
+    """Attach the command groups; each lives in its own module under ``medfcn.cli``."""
+    for module_name, kind, name in (
+        ("medfcn.cli.data", "group", "data"),
+        ("medfcn.cli.train", "command", "train"),
+        ("medfcn.cli.infer", "command", "infer"),
+        ("medfcn.cli.evaluate", "command", "evaluate"),
+        ("medfcn.cli.export", "command", "export"),
+    ):
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        if kind == "group":
+            app.add_typer(module.app, name=name)
+        else:
+            app.command(name)(getattr(module, name))
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Exceptions raised by medfcn.
+
+Library code raises these; only :mod:`medfcn.cli` turns them into a one-line message and an exit code.
+Every message says what was expected, what was found, which file, and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BundleError", "DataError", "InputError", "MedfcnError"]
+
+
+class MedfcnError(Exception):
+    """Base class of every error medfcn raises on purpose (a user-facing problem, not a bug)."""
+
+
+class InputError(MedfcnError):
+    """A scan, folder or option given by the user cannot be used (missing, unreadable, wrong shape...)."""
+
+
+class DataError(InputError):
+    """A dataset (MSD layout, dataset.json, image/label pairs) is missing or inconsistent."""
+
+
+class BundleError(MedfcnError):
+    """A MONAI bundle is missing files, has an invalid config, or lacks weights."""

@@ -1,0 +1,81 @@
+"""The root of the CLI: --help, --version, info, and how user errors are reported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import medfcn
+from medfcn.cli._common import EXIT_FAILED, user_errors
+from medfcn.cli.main import app
+from medfcn.errors import InputError
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for command in ("info", "data", "train", "infer", "evaluate", "export"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", ["data", "train", "infer", "evaluate", "export", "info"])
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"medfcn {medfcn.__version__}"
+
+
+def test_info_reports_versions_and_devices() -> None:
+    import monai
+    import torch
+
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("  ")[0]: line.split()[-1] for line in result.output.splitlines() if line.strip()}
+    assert rows["monai"] == monai.__version__
+    assert rows["torch"] == torch.__version__
+    assert rows["cuda available"] == str(torch.cuda.is_available())
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["frobnicate"])
+    assert result.exit_code == 2
+
+
+def test_user_errors_become_one_line_and_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as exit_info, user_errors():
+        raise InputError("scans/a.nii.gz: not a NIfTI file (truncated header)\nmore detail")
+    assert exit_info.value.exit_code == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == "error: scans/a.nii.gz: not a NIfTI file (truncated header)\n"
+
+
+def test_bugs_keep_their_traceback() -> None:
+    with pytest.raises(ZeroDivisionError), user_errors():
+        _ = 1 / 0
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "medfcn", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"medfcn {medfcn.__version__}"
+
+
+def test_import_is_lazy() -> None:
+    """`import medfcn` must not import torch (keeps `medfcn --help` fast)."""
+    code = "import sys, medfcn; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

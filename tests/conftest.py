@@ -1,0 +1,41 @@
+"""Fixtures shared by the whole suite. Area-specific fixtures live in the conftest of each test folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LIVER_BUNDLE = REPO_ROOT / "bundles" / "liver"
+
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device (none here)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public files in ../shared/data (MONAI's testing data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: the suite expects ../shared/data beside the repository")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small MSD-layout synthetic liver dataset (imagesTr/labelsTr/imagesTs/dataset.json)."""
+    from medfcn.data.synthetic import write_msd_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "Task03_Liver"
+    write_msd_dataset(root, num_train=6, num_test=2, shape=(48, 48, 32), seed=0)
+    return root

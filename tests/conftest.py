@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import monai.apps.utils  # noqa: F401  (MONAI binds its loggers to sys.stdout at first import: do it outside CliRunner)
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

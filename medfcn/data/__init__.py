@@ -6,6 +6,7 @@ Names are imported lazily so that ``import medfcn.data`` stays light.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 _LAZY = {
@@ -35,4 +36,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # submodules: `from medfcn.data import msd`
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'medfcn.data' has no attribute {name!r}")

@@ -447,9 +447,20 @@ def check_dataset(
                 Problem(rel(image_path), f"voxel data cannot be read ({type(err).__name__}: {err})")
             )
             continue
+        if image_data.dtype.kind == "f":  # integer voxels are always finite; skip the pass over them
+            n_bad = int(image_data.size - np.count_nonzero(np.isfinite(image_data)))
+            if n_bad:
+                # One NaN turns every loss and gradient it touches into NaN: training would silently fail.
+                problems.append(
+                    Problem(
+                        rel(image_path),
+                        f"{n_bad} non-finite voxel(s) (NaN/inf) in the image; replace or mask them before training",
+                    )
+                )
         for c, key in enumerate(modality):
             channel = image_data if image_data.ndim == 3 else image_data[..., c]
-            samples[key].append(np.asarray(channel.reshape(-1)[fg], dtype=np.float64))
+            values = np.asarray(channel.reshape(-1)[fg], dtype=np.float64)
+            samples[key].append(values[np.isfinite(values)])
 
     for entry in data["test"]:
         path = base / (entry if isinstance(entry, str) else entry["image"])

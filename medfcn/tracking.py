@@ -40,6 +40,7 @@ __all__ = [
     "flatten_params",
     "mlflow_settings",
     "prepare_run",
+    "redact_uri",
     "run_tags",
 ]
 
@@ -54,7 +55,7 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or path_to_sqlite_uri(str(Path.cwd() / "mlflow.db"))
 
 
-def _redact(uri: str) -> str:
+def redact_uri(uri: str) -> str:
     """The URI without user:password (what may be written to files and logs)."""
     parts = urlsplit(uri)
     if parts.username or parts.password:
@@ -222,7 +223,7 @@ def prepare_run(
     info = {"tracking_uri": uri, "experiment": experiment, "run_name": name}
     out.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(json.dumps({**info, "tracking_uri": _redact(uri)}, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps({**info, "tracking_uri": redact_uri(uri)}, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, record)
     return info
 

@@ -10,7 +10,8 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIVER_BUNDLE = REPO_ROOT / "bundles" / "liver"
-
+# Small enough for 2 CPU cores: the synthetic phantoms are ~40 voxels across after resampling.
+TINY_TRAINING = {"patch_size": [48, 48, 48], "num_workers": 0, "num_samples": 2}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -40,3 +41,38 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "Task03_Liver"
     write_msd_dataset(root, num_train=6, num_test=2, shape=(48, 48, 32), seed=0)
     return root
+
+
+def copy_liver_bundle(dest: Path) -> Path:
+    """A writable copy of ``bundles/liver`` without weights or run folders."""
+    import shutil
+
+    shutil.copytree(
+        LIVER_BUNDLE, dest, ignore=shutil.ignore_patterns("models", "runs", "eval", "logs", "mlruns", "__pycache__")
+    )
+    (dest / "models").mkdir()
+    return dest
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    """A copy of the liver bundle trained briefly (4 epochs, CPU) on :func:`synthetic_dataset`.
+
+    The weights are real (they segment the phantoms' liver roughly); tests that need exact numbers use
+    their own fixed predictors instead.
+    """
+    from medfcn.engine.training import train
+
+    bundle = copy_liver_bundle(tmp_path_factory.mktemp("trained") / "liver")
+    train(
+        bundle,
+        data_dir=synthetic_dataset,
+        epochs=4,
+        val_interval=2,
+        device="cpu",
+        tracking=False,
+        quiet=True,
+        overrides=TINY_TRAINING,
+    )
+    assert (bundle / "models" / "model.pt").is_file()
+    return bundle

@@ -1,4 +1,5 @@
-"""``medfcn data``: make a synthetic dataset, check a dataset before training, download an MSD task.
+"""``medfcn data``: make a synthetic dataset, check a dataset before training, download an MSD task,
+scan a folder for the scans ``medfcn infer`` would segment.
 
 Heavy imports (numpy, nibabel, MONAI) happen inside the commands so that ``medfcn --help`` stays fast.
 """
@@ -14,12 +15,13 @@ import typer
 from medfcn.cli._common import EXIT_FAILED, fail, user_errors
 
 if TYPE_CHECKING:
+    from medfcn.data.discovery import DiscoveryReport
     from medfcn.data.msd import DatasetCheck
 
-__all__ = ["app", "check", "download", "synth"]
+__all__ = ["app", "check", "download", "scan", "synth"]
 
 app = typer.Typer(
-    help="Datasets: synthetic CT phantoms, MSD dataset checks and downloads.",
+    help="Datasets: synthetic CT phantoms, MSD dataset checks and downloads, scan-folder discovery.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -225,3 +227,82 @@ def download(
         data = read_dataset_json(target)
     typer.echo(f"{task} ready at {target} ({len(data['training'])} training, {len(data['test'])} test cases)")
     typer.echo(f"next: medfcn data check {target}")
+
+
+def _print_scan(report: DiscoveryReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140, soft_wrap=False)
+    cases = Table(title=f"{len(report.cases)} scan(s) in {report.root}", title_justify="left")
+    for column in ("id", "kind", "modality", "slices", "shape (voxels)", "spacing (mm)", "source"):
+        cases.add_column(column, overflow="fold")
+    for c in report.cases:
+        cases.add_row(
+            c.id,
+            c.kind,
+            c.modality or "-",
+            str(c.n_slices) if c.n_slices is not None else "-",
+            " x ".join(str(v) for v in c.shape) if c.shape else "-",
+            _fmt(c.spacing) if c.spacing else "-",
+            c.source,
+        )
+    console.print(cases)
+    if report.skipped:
+        skipped = Table(title=f"{len(report.skipped)} skipped", title_justify="left")
+        skipped.add_column("path", overflow="fold")
+        skipped.add_column("reason", overflow="fold")
+        for s in report.skipped:
+            skipped.add_row(s.path, s.reason)
+        console.print(skipped)
+
+
+@app.command()
+def scan(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            help="Folder tree to scan (or one NIfTI/NRRD/MHA file, DICOM file or DICOM series folder).",
+        ),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON instead of tables.")
+    ] = False,
+    modality: Annotated[
+        str | None,
+        typer.Option("--modality", help="Only DICOM series of this Modality, e.g. CT. Default: all."),
+    ] = None,
+    min_slices: Annotated[
+        int | None,
+        typer.Option(
+            "--min-slices",
+            min=1,
+            help="Skip DICOM series with fewer slices (localisers, key images). Default: discovery's (5).",
+        ),
+    ] = None,
+    series_description: Annotated[
+        str | None,
+        typer.Option(
+            "--series-description",
+            help="Only DICOM series whose SeriesDescription matches this regular expression (case-insensitive).",
+        ),
+    ] = None,
+) -> None:
+    """List the scans in a folder (NIfTI files, DICOM series) and what was skipped, with reasons.
+
+    The same discovery as medfcn infer: run it first to see what would be segmented. Reads headers only and never writes into FOLDER. Exit code 1 when no scan is found.
+    """
+    from medfcn.data.discovery import find_cases
+
+    kwargs: dict[str, Any] = {"modality": modality, "series_description": series_description}
+    if min_slices is not None:
+        kwargs["min_slices"] = min_slices
+    with user_errors():
+        report = find_cases(folder, **kwargs)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_scan(report)
+    if not report.cases:
+        raise fail(f"no scans found in {folder} ({len(report.skipped)} item(s) skipped)", EXIT_FAILED)

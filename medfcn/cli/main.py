@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import platform
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -63,8 +64,32 @@ def _package_version(module: str) -> str:
         return "installed"
 
 
+def _bundle_rows(path: Path) -> list[tuple[str, str]]:
+    from medfcn.bundle import load_bundle
+    from medfcn.cli._common import user_errors
+
+    with user_errors():
+        b = load_bundle(path)
+    inputs = b.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+    return [
+        ("bundle", f"{b.name} {b.version} ({b.root})"),
+        ("task", str(b.metadata.get("task", ""))),
+        ("classes", ", ".join(f"{k} {v}" for k, v in sorted(b.class_names.items()))),
+        ("input", f"{inputs.get('num_channels', '?')} channel(s) {inputs.get('modality', '')}, patch "
+         f"{'x'.join(str(s) for s in inputs.get('spatial_shape', []))}"),
+        ("configs", ", ".join(sorted(b.configs))),
+        ("weights", ", ".join(sorted(b.weights)) or "none (train it: medfcn train --bundle ...)"),
+        ("intended use", str(b.metadata.get("intended_use", ""))),
+    ]
+
+
 @app.command()
-def info() -> None:
+def info(
+    bundle: Annotated[
+        Optional[Path],
+        typer.Option("--bundle", help="Also describe this bundle (name, version, classes, weights; no weights loaded)."),
+    ] = None,
+) -> None:
     """Print versions of medfcn, MONAI and PyTorch, the devices available and the optional parts installed."""
     import monai
     import torch
@@ -85,6 +110,8 @@ def info() -> None:
     rows.append(("cpu threads", str(torch.get_num_threads())))
     for module, what in _OPTIONAL_PARTS.items():
         rows.append((f"{module} ({what})", _package_version(module)))
+    if bundle is not None:
+        rows.extend(_bundle_rows(bundle))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
@@ -98,6 +125,7 @@ def _register() -> None:
         ("medfcn.cli.infer", "command", "infer"),
         ("medfcn.cli.evaluate", "command", "evaluate"),
         ("medfcn.cli.export", "command", "export"),
+        ("medfcn.cli.demo", "command", "demo"),
     ):
         if importlib.util.find_spec(module_name) is None:
             continue

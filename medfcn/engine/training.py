@@ -41,6 +41,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines.workflow import Workflow
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, ValidationHandler, from_engine
 from monai.utils.enums import CommonKeys as Keys
@@ -121,7 +122,17 @@ class FCNTrainer(SupervisedTrainer):
         self.amp = bool(amp)
         self.autocast_dtype = autocast_dtype(self.state.device, self.amp, amp_dtype)
         self.grad_clip_norm = float(grad_clip_norm) if grad_clip_norm else None
-        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        self.scaler = self._new_scaler()
+        self.skipped_steps = 0
+
+    def _new_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+
+    def run(self) -> None:  # type: ignore[override]
+        # MONAI's Trainer.run makes a torch.cuda.amp.GradScaler whenever amp is on, on CPUs too; a resumed
+        # run loads this scaler's state on STARTED, after it is created here.
+        self.scaler = self._new_scaler()
+        Workflow.run(self)
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -151,9 +162,19 @@ class FCNTrainer(SupervisedTrainer):
         else:
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if self.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.grad_clip_norm)
-            engine.optimizer.step()
+            # Without a scaler nothing guards the weights against a non-finite gradient (a diverging loss,
+            # or a rare bad bf16 kernel on some CPUs, seen with torch 2.13): skip that step, as GradScaler
+            # does for fp16, instead of writing NaN into every weight.
+            norm = torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.grad_clip_norm or float("inf"))
+            if torch.isfinite(norm):
+                engine.optimizer.step()
+            else:
+                self.skipped_steps += 1
+                logger.warning(
+                    "iteration %d: non-finite gradient norm, optimiser step skipped (%d so far)",
+                    engine.state.iteration,
+                    self.skipped_steps,
+                )
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
@@ -769,7 +790,9 @@ def train(
             tracking_uri=run_info["tracking_uri"],
             experiment=run_info["experiment"],
             run_name=run_info["run_name"],
-            params=tracking_mod.flatten_params(_params_view(raw, updates, meta)),
+            params=tracking_mod.flatten_params(
+                _params_view(raw, updates, meta, _read_raw_config([str(configs / "inference.json")]))
+            ),
             tags=tracking_mod.run_tags(bundle_name, meta, data),
             artifacts=[str(meta_json), str(out / "metrics.json"), str(root / "models" / "model.pt")],
             config_path=str(out / "config_executed.json"),
@@ -865,7 +888,9 @@ _PARAM_IDS = (
 )
 
 
-def _params_view(raw: Mapping[str, Any], updates: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+def _params_view(
+    raw: Mapping[str, Any], updates: Mapping[str, Any], meta: Mapping[str, Any], inference: Mapping[str, Any]
+) -> dict[str, Any]:
     """The hyper-parameters worth comparing across runs (never paths: a hospital path can name a patient)."""
     merged = {**raw, **updates}
     view: dict[str, Any] = {k: merged[k] for k in _PARAM_IDS if k in merged}
@@ -873,5 +898,11 @@ def _params_view(raw: Mapping[str, Any], updates: Mapping[str, Any], meta: Mappi
         if isinstance(merged.get(key), Mapping):
             view[key] = {k: v for k, v in merged[key].items() if not str(v).startswith("@")}
     view["bundle_version"] = meta.get("version")
-    view["preprocessing_from"] = "configs/inference.json"
+    # The preprocessing and network live in inference.json (train.json points there with macros).
+    for key in ("pixdim", "hu_window", "patch_size", "foreground_margin", "sw_batch_size", "overlap", "network_def"):
+        value = merged.get(key, inference.get(key))
+        if isinstance(value, str) and value.startswith("%"):
+            value = inference.get(key)
+        if value is not None:
+            view[key] = value
     return view

@@ -1,0 +1,88 @@
+"""MONAI bundles: read a bundle folder's identity without loading weights, export it (``export``).
+
+Example:
+    >>> b = load_bundle("bundles/liver")  # doctest: +SKIP
+    >>> b.name, b.version, b.class_names, b.weights  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medfcn.errors import BundleError
+
+__all__ = ["Bundle", "load_bundle"]
+
+_CONFIGS = ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle folder as described by its files (nothing is instantiated, no weights are read).
+
+    Attributes:
+        root: the bundle folder.
+        metadata: ``configs/metadata.json``.
+        configs: config file name -> path, for the standard configs present.
+        weights: ``models/model.pt`` / ``models/model.ts`` / ``models/model.onnx`` that exist.
+    """
+
+    root: Path
+    metadata: dict[str, Any]
+    configs: dict[str, Path] = field(default_factory=dict)
+    weights: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or self.root.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "0"))
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Output channel -> class name, from ``network_data_format.outputs.pred.channel_def``."""
+        try:
+            channel_def = self.metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+            return {int(k): str(v) for k, v in channel_def.items()}
+        except (KeyError, TypeError, ValueError):
+            return {}
+
+    @property
+    def trained(self) -> bool:
+        """Whether the bundle has weights to run (``model.pt`` or ``model.ts``)."""
+        return "model.pt" in self.weights or "model.ts" in self.weights
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Describe the bundle at ``path``.
+
+    Raises:
+        BundleError: not a folder, no ``configs/metadata.json`` or ``configs/inference.json``, invalid JSON.
+    """
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise BundleError(f"{path}: not a folder; a bundle is a folder with configs/ and models/")
+    meta_file = root / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise BundleError(f"{meta_file} not found: {path} is not a MONAI bundle")
+    try:
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{meta_file}: not valid JSON ({err})") from err
+    if not isinstance(metadata, dict):
+        raise BundleError(f"{meta_file}: expected a JSON object")
+    configs = {name: root / "configs" / name for name in _CONFIGS if (root / "configs" / name).is_file()}
+    if "inference.json" not in configs:
+        raise BundleError(f"{root / 'configs' / 'inference.json'} not found: a medfcn bundle needs it")
+    weights = {
+        name: root / "models" / name
+        for name in ("model.pt", "model.ts", "model.onnx")
+        if (root / "models" / name).is_file()
+    }
+    return Bundle(root=root, metadata=metadata, configs=configs, weights=weights)

@@ -1,0 +1,155 @@
+"""``medfcn train``: train a bundle with its own ``configs/train.json`` (a thin wrapper of ``train``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medfcn.cli._common import EXIT_USAGE, user_errors
+
+__all__ = ["train"]
+
+
+def train(
+    bundle: Annotated[
+        Path,
+        typer.Option(
+            "--bundle",
+            exists=True,
+            file_okay=False,
+            dir_okay=True,
+            resolve_path=True,
+            help="Bundle folder (configs/train.json, configs/inference.json, configs/metadata.json). The best "
+            "weights are written to its models/model.pt.",
+        ),
+    ],
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            file_okay=False,
+            dir_okay=True,
+            help="MSD-layout dataset (dataset.json, imagesTr/, labelsTr/). Default: the bundle's dataset_dir. "
+            "Make one with `medfcn data synth` or `medfcn data download Task03_Liver`.",
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option("--epochs", min=1, help="Training epochs. Default: the bundle's (300).")
+    ] = None,
+    val_interval: Annotated[
+        Optional[int],
+        typer.Option(
+            "--val-interval",
+            min=1,
+            help="Validate (sliding window, Dice per class) every N epochs and after the last one. "
+            "Default: the bundle's (5).",
+        ),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="auto (cuda:LOCAL_RANK if there is a GPU, else the CPU), cpu, cuda, cuda:N."),
+    ] = "auto",
+    amp: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--amp/--no-amp",
+            help="Mixed precision: CUDA bf16 (fp16 + GradScaler on older GPUs), CPU bf16. Default: on for CUDA, "
+            "off on the CPU (bf16 is faster on CPUs with AMX/AVX512-BF16, slower on others).",
+        ),
+    ] = None,
+    amp_dtype: Annotated[
+        Optional[str],
+        typer.Option("--amp-dtype", help="auto, fp16 (CUDA only) or bf16. Default: the bundle's (auto)."),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            file_okay=False,
+            dir_okay=True,
+            help="Run folder: checkpoints/last.pt, metrics.json, the executed config. Default: <bundle>/runs/train.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted run from <output>/checkpoints/last.pt."),
+    ] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed. Default: the bundle's (0).")] = None,
+    override: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--override",
+            "-O",
+            help="Set any config id, repeatable: --override learning_rate=0.001 --override "
+            "'patch_size=[64,64,64]'. Values are JSON, else strings ($expressions and @references work).",
+        ),
+    ] = None,
+    tracking: Annotated[
+        bool, typer.Option("--tracking/--no-tracking", help="Track the run in MLflow (default: on).")
+    ] = True,
+    tracking_uri: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow store or server (e.g. http://mlflow.example.org:5000). Default: $MLFLOW_TRACKING_URI, "
+            "else sqlite:///<current folder>/mlflow.db.",
+        ),
+    ] = None,
+    experiment: Annotated[
+        Optional[str], typer.Option("--experiment", help="MLflow experiment name. Default: the bundle name.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or per-validation lines (logs only).")
+    ] = False,
+) -> None:
+    """Train a bundle: AMP on CUDA, sliding-window validation, best model to models/model.pt, MLflow.
+
+    Multi-GPU / multi-node: torchrun --nproc_per_node=N -m medfcn train --bundle ... (DDP; NCCL on GPUs,
+    gloo on CPUs; the bundle's configs/multi_gpu_train.json is merged in).
+    """
+    from medfcn.engine.training import train as run_training
+
+    if amp_dtype is not None and amp_dtype not in ("auto", "fp16", "bf16"):
+        raise typer.BadParameter(f"{amp_dtype!r} is not one of auto, fp16, bf16", param_hint="--amp-dtype")
+    if tracking_uri and not tracking:
+        typer.echo("error: --tracking-uri given with --no-tracking; drop one of them", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    with user_errors():
+        result = run_training(
+            bundle,
+            data_dir=data,
+            epochs=epochs,
+            val_interval=val_interval,
+            device=device,
+            amp=amp,
+            amp_dtype=amp_dtype,  # type: ignore[arg-type]
+            output_dir=output,
+            resume=resume,
+            seed=seed,
+            overrides=list(override or []),
+            tracking=tracking,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            quiet=quiet,
+        )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    best = result.metrics.get("best") or {}
+    dice = ", ".join(
+        f"{k.removeprefix('val_').removesuffix('_dice')} {float(v):.3f}"
+        for k, v in best.items()
+        if k.startswith("val_") and k.endswith("_dice")
+    )
+    typer.echo(
+        f"trained {result.metrics.get('epochs', '?')} epoch(s) in {result.seconds:.0f} s; "
+        f"best epoch {result.metrics.get('best_epoch')}: {dice or 'no validation'}"
+    )
+    typer.echo(f"best weights: {result.model_path}")
+    typer.echo(f"metrics:      {result.output_dir / 'metrics.json'}")
+    if result.tracking_uri:
+        from medfcn.tracking import redact_uri
+
+        typer.echo(f"MLflow:       {redact_uri(result.tracking_uri)} (experiment {result.experiment!r}, run {result.run_id})")

@@ -539,7 +539,13 @@ def export_bundle(
             size = "x".join(str(s) for s in shape[2:])
             parts.append(f"max |TorchScript - checkpoint| {ts_diff:.2e}")
             if onnx_diff is not None:
-                parts.append(f"max |ONNX Runtime - checkpoint| {onnx_diff:.2e}")
+                import onnxruntime
+
+                # Not in required_packages_version: model.ts runs without it. (MONAI >= 1.5 reads the
+                # old optional_packages_version as required_packages_version, overwriting it.)
+                parts.append(
+                    f"max |ONNX Runtime {onnxruntime.__version__} - checkpoint| {onnx_diff:.2e}"
+                )
             parts[-1] += f" on a {size} volume"
         note = "; ".join(parts)
         new_meta = copy.deepcopy(meta)
@@ -556,12 +562,6 @@ def export_bundle(
         required = dict(new_meta.get("required_packages_version", {}) or {})
         required["medfcn"] = medfcn.__version__
         new_meta["required_packages_version"] = required
-        if onnx:
-            import onnxruntime
-
-            optional = dict(new_meta.get("optional_packages_version", {}) or {})
-            optional["onnxruntime"] = onnxruntime.__version__
-            new_meta["optional_packages_version"] = optional
 
         # ---- write: model.ts (with the new metadata), model.onnx, then metadata.json last
         ts_tmp = stage / _TS_NAME

@@ -12,7 +12,8 @@
 Everything that is not a usable scan becomes a :class:`Skipped` record with a one-line, specific
 reason (junk, truncated files, non-image objects such as SR/RTSTRUCT/SEG, localisers, colour images,
 multi-frame secondary captures, missing or duplicate slices, gantry tilt, undecodable compression,
-permission problems, symbolic-link loops, filters). Nothing is ever written under the input folder.
+permission problems, symbolic-link loops, filters). Hidden files and folders (names starting with
+``.``) are ignored. Nothing is ever written under the input folder.
 
 The geometry rules for a DICOM series (:func:`_validate_series`) are shared with
 :class:`medfcn.data.readers.DicomSeriesReader`, so a series discovery accepts is one the reader loads.
@@ -355,8 +356,17 @@ def _read_dicom_header(path: Path, rel: str) -> _DicomHeader | None:
         The header, or ``None`` for a DICOMDIR (ignored: the walk finds the files it indexes).
 
     Raises:
-        _NotDicom: not DICOM, unreadable, truncated header (message: the skip reason).
+        _NotDicom: not DICOM, unreadable, truncated or corrupt header (message: the skip reason).
     """
+    try:
+        return _parse_dicom_header(path, rel)
+    except _NotDicom:
+        raise
+    except Exception as err:  # pydicom raises many types on damaged values: one bad file must not stop a scan
+        raise _NotDicom(f"corrupt DICOM header ({type(err).__name__}: {_one_line(err, 120)})") from err
+
+
+def _parse_dicom_header(path: Path, rel: str) -> _DicomHeader | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -374,7 +384,15 @@ def _read_dicom_header(path: Path, rel: str) -> _DicomHeader | None:
                 # force=True only for files that start like a raw data set (checked above): pydicom
                 # would otherwise "parse" any junk into garbage elements.
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not preamble)
-            except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, OverflowError) as err:
+            except (
+                InvalidDicomError,
+                EOFError,
+                ValueError,
+                KeyError,
+                TypeError,
+                struct.error,
+                OverflowError,
+            ) as err:
                 first = _one_line(err, 120)
                 if preamble:
                     raise _NotDicom(
@@ -449,7 +467,7 @@ def _non_image_reason(h: _DicomHeader) -> str | None:
         if (h.rows and h.columns) or "Image Storage" in _sop_name(h.sop_class_uid, full=True):
             # an image object without its pixels: the file ended early (pydicom stops quietly at EOF)
             if h.at_eof:
-                return "truncated DICOM file (header ends before the pixel data)"
+                return "truncated or corrupt DICOM file (header ends before the pixel data)"
             return "DICOM image without pixel data"
         return f"{h.modality or _sop_name(h.sop_class_uid)} object without pixel data (not an image)"
     return None
@@ -926,7 +944,8 @@ def find_cases(
     Never writes anything under ``root``.
 
     Args:
-        root: a folder tree, a single NIfTI/NRRD/MetaImage file, a single DICOM file or a series folder.
+        root: a folder tree, a single NIfTI/NRRD/MetaImage file, a single DICOM file, a series folder,
+            or a ``DICOMDIR`` file (its folder is scanned).
         modality: keep only DICOM series of this Modality (case-insensitive, e.g. ``"CT"``); NIfTI and
             image files carry no modality and are always kept.
         min_slices: skip DICOM series with fewer slices (localisers, key images). Default
@@ -957,6 +976,8 @@ def find_cases(
         raise InputError(f"invalid series description pattern {series_description!r}: {err}") from err
     wanted_modality = modality.strip().upper() if modality else None
 
+    if root_path.is_file() and root_path.name.upper() == "DICOMDIR":
+        root_path = root_path.parent  # the index of a DICOM media folder: scan the folder it indexes
     skipped: list[Skipped] = []
     if root_path.is_dir():
         if not os.access(root_path, os.R_OK | os.X_OK):
@@ -1033,10 +1054,10 @@ def _group_series(headers: Sequence[_DicomHeader]) -> tuple[dict[str, list[_Dico
     for uid, group in series.items():
         seen: dict[str, _DicomHeader] = {}
         for h in group:  # the same instance twice (a copy elsewhere in the tree): keep one intact copy
-            key = h.sop_instance_uid or h.rel
-            if key in seen and not (seen[key].pixel_problem and not h.pixel_problem):
+            instance = h.sop_instance_uid or h.rel
+            if instance in seen and not (seen[instance].pixel_problem and not h.pixel_problem):
                 continue
-            seen[key] = h
+            seen[instance] = h
         series[uid] = list(seen.values())
     return series, skipped
 

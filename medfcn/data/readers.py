@@ -161,7 +161,7 @@ def _folder_headers(folder: Path) -> list[_DicomHeader]:
             h = _read_dicom_header(p, p.name)
         except _NotDicom as err:
             reason = str(err)
-            if reason.startswith(("truncated", "permission", "cannot read")):
+            if reason.startswith(("truncated", "corrupt", "permission", "cannot read")):
                 raise InputError(f"{p}: {reason}") from err  # a damaged slice, not a stray file
             ignored[reason] += 1
             continue

@@ -197,12 +197,15 @@ class Prediction:
         probabilities: ``(C, X, Y, Z)`` float32 MetaTensor of class probabilities on the same grid, or
             ``None`` when the segmenter was created with ``keep_probabilities=False``.
         seconds: wall-clock time of ``load``, ``infer`` and ``post`` (seconds).
+        nonfinite_voxels: NaN/±inf voxels of the scan that were replaced before prediction (see
+            :meth:`Segmenter.load`); 0 for a clean scan.
     """
 
     label: MetaTensor
     image: MetaTensor
     probabilities: MetaTensor | None
     seconds: dict[str, float] = field(default_factory=dict)
+    nonfinite_voxels: int = 0
 
     @property
     def affine(self) -> np.ndarray:
@@ -217,6 +220,7 @@ class _Loaded:
     data: dict[str, Any]
     source: MetaTensor
     seconds: float
+    nonfinite_voxels: int = 0
 
 
 def _channel_first(img: MetaTensor) -> MetaTensor:
@@ -227,7 +231,54 @@ def _channel_first(img: MetaTensor) -> MetaTensor:
         img.meta["original_channel_dim"] = 0
     else:
         raise InputError(f"expected an image of shape (X, Y, Z) or (1, X, Y, Z), got {tuple(img.shape)}")
+    # MONAI >= 1.6 caches the number of spatial dims when the affine is set; for an (X, Y, Z) tensor made
+    # without "no_channel" it guessed 2, and crops would then leave the affine's z translation stale.
+    # Setting the affine again re-derives it now that the channel layout is known.
+    img.affine = img.affine
     return img
+
+
+def _replace_nonfinite(image: torch.Tensor, name: str) -> int:
+    """Replace NaN and ±inf voxels of a freshly loaded scan in place; return how many there were.
+
+    One NaN reaching the network spreads through every convolution and the window blending and wipes out
+    the mask around it; NaN-padded scans (resampled or registered elsewhere) are common enough that
+    refusing them would be unhelpful. NaN and -inf become the scan's lowest finite value (what lies
+    outside a field of view: air), +inf its highest. The count is reported (``stats.json``, a flag).
+
+    Raises:
+        InputError: the scan has no finite voxel at all.
+    """
+    import torch
+
+    data = image.as_tensor() if hasattr(image, "as_tensor") else image
+    if not data.is_floating_point():
+        return 0
+    finite = torch.isfinite(data)
+    n_bad = int(finite.numel() - finite.sum())
+    if n_bad == 0:
+        return 0
+    if n_bad == finite.numel():
+        raise InputError(f"{name} has no finite voxel (all {n_bad} are NaN or inf); it is not a usable scan")
+    values = data[finite]
+    low, high = float(values.min()), float(values.max())
+    torch.nan_to_num(data, nan=low, posinf=high, neginf=low, out=data)
+    logger.warning("%s: %d non-finite (NaN/inf) voxel(s) replaced by %g/%g", name, n_bad, low, high)
+    return n_bad
+
+
+def _fill_background(probs: torch.Tensor) -> torch.Tensor:
+    """Give class 0 the probability mass that inverting the preprocessing left out.
+
+    ``Invertd`` undoes a foreground crop by zero-padding, and the interpolation of the inverted resampling
+    blends those zeros into the voxels along the crop border, so there the class probabilities of a
+    ``(C, X, Y, Z)`` map sum to less than 1 (to 0 outside the crop box). The preprocessing cropped those
+    voxels away as background; this makes that explicit, so every voxel's probabilities sum to 1.
+    """
+    missing = (1.0 - probs.sum(0)).clamp_(min=0.0)
+    out = probs.clone()
+    out[0] += missing
+    return out
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, Any]:
@@ -419,13 +470,16 @@ class Segmenter:
         """Read (unless in memory) and preprocess one scan with the bundle's transforms.
 
         Thread-safe for one loader thread beside the predicting thread (:func:`segment_folder` uses it so).
+        NaN/±inf voxels are replaced by the scan's lowest/highest finite value before preprocessing and
+        counted (:attr:`Prediction.nonfinite_voxels`); a MetaTensor passed in is not modified.
 
         Args:
             source: a NIfTI/image file, a DICOM series folder, the list of files of one series, or a
                 MetaTensor ``(X, Y, Z)`` / ``(1, X, Y, Z)`` with its affine.
 
         Raises:
-            InputError: the scan cannot be read or preprocessed (message names the source).
+            InputError: the scan cannot be read or preprocessed, or has no finite voxel (message names
+                the source).
         """
         from monai.data import MetaTensor
         from monai.transforms import EnsureChannelFirst
@@ -443,6 +497,7 @@ class Segmenter:
                 image = self._load({"image": item})["image"]
             except Exception as err:
                 raise InputError(f"cannot read {name}: {_first_line(err)}") from err
+        nonfinite = _replace_nonfinite(image, name)
         try:
             # The source grid as (C, X, Y, Z): what the prediction is inverted to and what stats use.
             source_image: Any = EnsureChannelFirst()(image)
@@ -460,7 +515,9 @@ class Segmenter:
                 f"{data['image'].shape[0]} (shape {'x'.join(str(s) for s in source_image.shape)}). "
                 "Pass a single-phase scan."
             )
-        return _Loaded(data=data, source=source_image, seconds=time.perf_counter() - t0)
+        return _Loaded(
+            data=data, source=source_image, seconds=time.perf_counter() - t0, nonfinite_voxels=nonfinite
+        )
 
     def _logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return self.post_activation({"pred": logits.float()})["pred"]
@@ -493,7 +550,7 @@ class Segmenter:
             probs = probs / len(flips)
             t1 = time.perf_counter()
             d = self.post_invert({"image": image, "pred": probs})
-            inverted = d["pred"]
+            inverted = _fill_background(d["pred"])
             label = self.post_discrete({"pred": inverted})["pred"]
         src = loaded.source
         affine = torch.as_tensor(src.affine, dtype=torch.float64)
@@ -516,6 +573,7 @@ class Segmenter:
             image=image_mt,
             probabilities=probs_mt,
             seconds={"load": loaded.seconds, "infer": t1 - t0, "post": t2 - t1},
+            nonfinite_voxels=loaded.nonfinite_voxels,
         )
 
     def __call__(
@@ -819,6 +877,10 @@ def _write_case(
         volume_ranges_ml=volume_ranges_ml,
         **kwargs,
     )
+    if pred.nonfinite_voxels:
+        stats["flags"].append("non_finite_voxels")
+        stats["suspicious"] = True
+    stats["input"] = {"non_finite_voxels": pred.nonfinite_voxels}
     stats["case"] = {"id": case.id, "kind": case.kind, "modality": case.modality}
     _write_json(case_dir / CASE_FILES["stats"], stats)
     return stats

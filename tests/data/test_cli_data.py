@@ -170,3 +170,91 @@ def test_download_offline_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"error: could not download Task03_Liver from {url}: ")
     assert "check your network or download it by hand and pass --data" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------- scan
+
+
+@pytest.fixture
+def scan_folder(tmp_path: Path) -> dict[str, object]:
+    from medfcn.data.synthetic import make_phantom, write_dicom_series
+
+    root = tmp_path / "scans"
+    ph = make_phantom((20, 18, 6), spacing=(0.9, 0.9, 2.5), seed=1, orientation="lps", noise_hu=0.0)
+    files = write_dicom_series(
+        ph.image, ph.affine, root / "study" / "ct", seed=1, series_description="portal"
+    )
+    write_dicom_series(ph.image, ph.affine, root / "study" / "mr", seed=2, modality="MR")
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 8), np.int16), np.eye(4)), str(root / "case 01.nii.gz"))
+    (root / "notes.txt").write_text("junk\n")
+    import pydicom
+
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    import hashlib
+
+    return {"root": root, "ct_id": "s-" + hashlib.sha1(uid.encode()).hexdigest()[:12]}
+
+
+def test_scan_help() -> None:
+    result = runner.invoke(app, ["data", "scan", "--help"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert "Usage: medfcn data scan" in result.output and "--json" in result.output
+
+
+def test_scan_prints_cases_and_skips(scan_folder: dict[str, object]) -> None:
+    result = runner.invoke(app, ["data", "scan", str(scan_folder["root"])])
+    assert result.exit_code == EXIT_OK, result.output
+    for text in ("3 scan(s) in", str(scan_folder["ct_id"]), "case_01", "study/ct", "CT", "MR", "20 x 18 x 6"):
+        assert text in result.output, text
+    assert "1 skipped" in result.output and "notes.txt" in result.output
+    assert "not a DICOM or image file" in result.output
+
+
+def test_scan_json_and_filters(scan_folder: dict[str, object]) -> None:
+    root = str(scan_folder["root"])
+    result = runner.invoke(app, ["data", "scan", root, "--json"])
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads(result.stdout)
+    assert report["root"] == root
+    rows = {
+        c["id"]: (c["kind"], c["modality"], c["n_slices"], c["shape"], c["source"]) for c in report["cases"]
+    }
+    assert rows == {
+        "case_01": ("nifti", None, 8, [12, 10, 8], "case 01.nii.gz"),
+        scan_folder["ct_id"]: ("dicom", "CT", 6, [20, 18, 6], "study/ct"),
+        next(i for i in rows if i.startswith("s-") and i != scan_folder["ct_id"]): (
+            "dicom",
+            "MR",
+            6,
+            [20, 18, 6],
+            "study/mr",
+        ),
+    }
+    assert report["skipped"] == [{"path": "notes.txt", "reason": "not a DICOM or image file"}]
+
+    result = runner.invoke(app, ["data", "scan", root, "--json", "--modality", "CT", "--min-slices", "7"])
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads(result.stdout)
+    assert [c["id"] for c in report["cases"]] == ["case_01"]
+    assert {(s["path"], s["reason"]) for s in report["skipped"]} == {
+        ("notes.txt", "not a DICOM or image file"),
+        ("study/ct", "only 6 slices (< min_slices 7)"),
+        ("study/mr", "modality MR filtered out (--modality CT)"),
+    }
+    result = runner.invoke(app, ["data", "scan", root, "--json", "--series-description", "^portal$"])
+    assert sorted(c["id"] for c in json.loads(result.stdout)["cases"]) == sorted(
+        ["case_01", scan_folder["ct_id"]]
+    )
+
+
+def test_scan_without_scans_fails_on_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("junk\n")
+    result = runner.invoke(app, ["data", "scan", str(tmp_path), "--json"])
+    assert result.exit_code == EXIT_FAILED
+    assert json.loads(result.stdout)["cases"] == []  # the report still comes out, as valid JSON
+    assert result.stderr.strip() == f"error: no scans found in {tmp_path} (1 item(s) skipped)"
+    result = runner.invoke(app, ["data", "scan", str(tmp_path), "--series-description", "(["])
+    assert result.exit_code == EXIT_FAILED
+    assert result.stderr.startswith("error: invalid series description pattern")
+    result = runner.invoke(app, ["data", "scan", str(tmp_path / "nowhere")])
+    assert result.exit_code == EXIT_USAGE

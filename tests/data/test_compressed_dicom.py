@@ -82,7 +82,9 @@ def encode_jpeg_lossless(image: np.ndarray, precision: int = 16) -> bytes:
     sof = struct.pack(">BHHB", precision, rows, cols, 1) + bytes([1, 0x11, 0])
     dht = bytes([0x00]) + lengths + bytes(range(17))
     sos = bytes([1, 1, 0x00, 1, 0, 0])  # one component, table 0, Ss=1 (predictor), Se=0, Ah/Al=0
-    return b"\xff\xd8" + segment(0xC3, sof) + segment(0xC4, dht) + segment(0xDA, sos) + bytes(out) + b"\xff\xd9"
+    return (
+        b"\xff\xd8" + segment(0xC3, sof) + segment(0xC4, dht) + segment(0xDA, sos) + bytes(out) + b"\xff\xd9"
+    )
 
 
 def _recompress(files: list[Path], syntax: UID, encode: object) -> None:
@@ -113,7 +115,9 @@ def _jpeg_baseline(ds: pydicom.Dataset) -> bytes:
 
 @pytest.fixture(scope="module")
 def phantom() -> object:
-    return make_phantom(SHAPE, spacing=(0.9, 0.8, 2.5), seed=21, noise_hu=0.0, orientation="random", max_oblique_deg=8.0)
+    return make_phantom(
+        SHAPE, spacing=(0.9, 0.8, 2.5), seed=21, noise_hu=0.0, orientation="random", max_oblique_deg=8.0
+    )
 
 
 def _write(phantom: object, folder: Path, syntax: str) -> list[Path]:
@@ -188,7 +192,9 @@ def test_auto_falls_back_to_pydicom_when_simpleitk_cannot_read(
     assert calls == ["simpleitk"]
     np.testing.assert_array_equal(img.numpy(), _expected(phantom)[0])
     # Forcing SimpleITK alone then fails with the decoder's reason on one line.
-    with pytest.raises(InputError, match=r"cannot decode the pixel data \(JPEG 2000 .*\): RuntimeError: GDCM"):
+    with pytest.raises(
+        InputError, match=r"cannot decode the pixel data \(JPEG 2000 .*\): RuntimeError: GDCM"
+    ):
         LoadImage(reader=DicomSeriesReader(backend="simpleitk"), image_only=True)([str(f) for f in files])
 
 
@@ -200,8 +206,12 @@ def _junk_codestream(f: Path) -> None:
     ds.save_as(f)
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda u: UID(u).keyword)
-def test_corrupt_compressed_series_is_skipped_with_a_reason(phantom: object, syntax: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda u: UID(u).keyword
+)
+def test_corrupt_compressed_series_is_skipped_with_a_reason(
+    phantom: object, syntax: str, tmp_path: Path
+) -> None:
     files = _write(phantom, tmp_path / "bad", syntax)
     for f in files:
         _junk_codestream(f)

@@ -183,7 +183,9 @@ def test_channel_first_pipeline_keeps_the_affine(tmp_path: Path) -> None:
 
 def test_ct_rescale_slope_and_intercept_give_hounsfield_units(tmp_path: Path) -> None:
     ph = make_phantom(SHAPE, seed=2, noise_hu=0.0, orientation="lps")
-    files = write_dicom_series(ph.image, ph.affine, tmp_path / "s", rescale_slope=2.0, rescale_intercept=-1024.0)
+    files = write_dicom_series(
+        ph.image, ph.affine, tmp_path / "s", rescale_slope=2.0, rescale_intercept=-1024.0
+    )
     ds = pydicom.dcmread(files[0])
     assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (2.0, -1024.0)
     stored = ds.pixel_array.astype(np.float64)
@@ -207,7 +209,9 @@ def test_mr_without_rescale_keeps_stored_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize("backend", ["simpleitk", "pydicom"])
 def test_both_decoders_agree(backend: str, tmp_path: Path) -> None:
     ph = make_phantom(SHAPE, seed=6, noise_hu=0.0, orientation="random", max_oblique_deg=15.0)
-    files = write_dicom_series(ph.image, ph.affine, tmp_path / "s", rescale_slope=0.5, rescale_intercept=-1000.0)
+    files = write_dicom_series(
+        ph.image, ph.affine, tmp_path / "s", rescale_slope=0.5, rescale_intercept=-1000.0
+    )
     img = LoadImage(reader=DicomSeriesReader(backend=backend), image_only=True)([str(f) for f in files])  # type: ignore[arg-type]
     want_image, want_affine = expected_grid(np.rint((ph.image + 1000.0) / 0.5) * 0.5 - 1000.0, ph.affine)
     np.testing.assert_allclose(img.numpy(), want_image, atol=1e-3)
@@ -231,11 +235,15 @@ def test_per_slice_rescale_is_applied_per_file(tmp_path: Path) -> None:
 def test_lps_affine_option(tmp_path: Path) -> None:
     ph = make_phantom(SHAPE, seed=8, noise_hu=0.0, orientation="lps")
     files = write_dicom_series(ph.image, ph.affine, tmp_path / "s")
-    img = LoadImage(reader=DicomSeriesReader(affine_lps_to_ras=False), image_only=True)([str(f) for f in files])
+    img = LoadImage(reader=DicomSeriesReader(affine_lps_to_ras=False), image_only=True)(
+        [str(f) for f in files]
+    )
     assert img.meta["space"] == "LPS"
     np.testing.assert_allclose(img.affine.numpy(), np.diag([-1.0, -1.0, 1.0, 1.0]) @ ph.affine, atol=1e-4)
     ds = pydicom.dcmread(files[0])
-    np.testing.assert_allclose(img.affine.numpy()[:3, 3], [float(v) for v in ds.ImagePositionPatient], atol=1e-4)
+    np.testing.assert_allclose(
+        img.affine.numpy()[:3, 3], [float(v) for v in ds.ImagePositionPatient], atol=1e-4
+    )
 
 
 def test_single_slice_uses_the_slice_spacing_tag(tmp_path: Path) -> None:
@@ -244,7 +252,9 @@ def test_single_slice_uses_the_slice_spacing_tag(tmp_path: Path) -> None:
     img = load([str(files[1])])
     assert tuple(img.shape) == (16, 14, 1)
     np.testing.assert_allclose(np.linalg.norm(img.affine.numpy()[:3, :3], axis=0), [0.7, 0.7, 3.5], atol=1e-6)
-    np.testing.assert_allclose(img.affine.numpy()[:3, 3], ph.affine[:3, :3] @ [0, 0, 1] + ph.affine[:3, 3], atol=1e-4)
+    np.testing.assert_allclose(
+        img.affine.numpy()[:3, 3], ph.affine[:3, :3] @ [0, 0, 1] + ph.affine[:3, 3], atol=1e-4
+    )
 
 
 # ----------------------------------------------------------------------------------------------- refusals
@@ -317,7 +327,9 @@ def test_duplicate_position_and_mixed_orientation_are_rejected(tmp_path: Path) -
 def test_folder_with_two_series_is_refused_with_their_names(tmp_path: Path) -> None:
     ph = make_phantom(SHAPE, seed=13, noise_hu=0.0, orientation="lps")
     a = write_dicom_series(ph.image, ph.affine, tmp_path / "a", series_number=1, series_description="portal")
-    b = write_dicom_series(ph.image, ph.affine, tmp_path / "b", series_number=2, series_description="arterial")
+    b = write_dicom_series(
+        ph.image, ph.affine, tmp_path / "b", series_number=2, series_description="arterial"
+    )
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for f in a:
@@ -338,7 +350,9 @@ def test_junk_beside_the_series_is_ignored_but_an_empty_folder_is_an_error(tmp_p
     assert tuple(load(str(tmp_path / "s")).shape) == SHAPE
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("nothing\n")
-    with pytest.raises(InputError, match=r"no DICOM image series in .*empty \(found: 1 x not a DICOM or image file\)"):
+    with pytest.raises(
+        InputError, match=r"no DICOM image series in .*empty \(found: 1 x not a DICOM or image file\)"
+    ):
         load(str(tmp_path / "empty"))
 
 
@@ -437,7 +451,9 @@ def test_nrrd_and_metaimage_load_with_their_geometry(suffix: str, tmp_path: Path
 
 def test_real_ct_series_with_a_gap_is_rejected(shared_data: Path) -> None:
     folder = shared_data / "monai-testing-data" / "CT_DICOM"
-    with pytest.raises(InputError, match=r"CT_DICOM: missing slices: spacing between slices varies 1\.25-202\.50 mm"):
+    with pytest.raises(
+        InputError, match=r"CT_DICOM: missing slices: spacing between slices varies 1\.25-202\.50 mm"
+    ):
         load(str(folder))
     report = find_cases(folder.parent)
     assert [(s.path, s.reason) for s in report.skipped] == [

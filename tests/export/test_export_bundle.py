@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 from medfcn.bundle.export import check_shape_for, export_bundle, load_torchscript_bundle
 from medfcn.errors import BundleError
 
-# Sizes the export never saw: the patch size is cubic and even, the export check ~3/4 of it.
-NEW_SIZE = (1, 1, 23, 30, 17)
-NEW_SIZE_BATCH = (2, 1, 19, 26, 33)
+# Sizes the export never saw: the patch size is cubic and even, the export check ~3/4 of it. The liver
+# FCN halves the grid five times, so every side stays above 32 (a 1x1x1 bottleneck is undefined for
+# instance norm, in eager PyTorch as much as in the exports).
+NEW_SIZE = (1, 1, 35, 42, 33)
+NEW_SIZE_BATCH = (2, 1, 37, 34, 45)
 
 
 def _eager(bundle: Path) -> torch.nn.Module:
@@ -86,7 +88,10 @@ def test_embedded_files_and_metadata(exported_bundle, liver_source: Path) -> Non
     assert result.version == on_disk["version"] == f"{major}.{minor}.{patch + 1}"
     first_version, first_note = next(iter(on_disk["changelog"].items()))
     assert first_version == result.version and "TorchScript + ONNX" in first_note
-    assert "max |TorchScript - checkpoint|" in first_note and "max |ONNX Runtime - checkpoint|" in first_note
+    import onnxruntime
+
+    assert "max |TorchScript - checkpoint|" in first_note
+    assert f"max |ONNX Runtime {onnxruntime.__version__} - checkpoint|" in first_note
     for old_version in original["changelog"]:
         assert on_disk["changelog"][old_version] == original["changelog"][old_version]
     assert on_disk["monai_version"] == monai.__version__

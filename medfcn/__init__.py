@@ -23,7 +23,17 @@ _LAZY = {
     "train": "medfcn.engine.training",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "FCN",
+    "Segmenter",
+    "__version__",
+    "convolutionalise",
+    "find_cases",
+    "inflate_2d_to_3d",
+    "load_bundle",
+    "segment_folder",
+    "train",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from medfcn.bundle import load_bundle
@@ -39,3 +49,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'medfcn' has no attribute {name!r}")
+
+
+assert set(__all__) == {"__version__", *_LAZY}  # one list of public names, kept in step

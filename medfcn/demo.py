@@ -73,10 +73,11 @@ def run_demo(
     Raises:
         BundleError: the source bundle is missing.
     """
+    from monai.utils import path_to_sqlite_uri
+
     from medfcn.data.synthetic import write_msd_dataset
     from medfcn.engine.inference import segment_folder
     from medfcn.engine.training import train
-    from monai.utils import path_to_sqlite_uri
 
     out = Path(output).expanduser().resolve()
     source = Path(bundle).expanduser().resolve() if bundle is not None else default_bundle()

@@ -245,8 +245,8 @@ def mlflow_settings(
 
     from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
-    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
-    cfg = settings["configs"]
+    settings: dict[str, Any] = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    cfg: dict[str, Any] = settings["configs"]
     cfg["tracking_uri"] = tracking_uri
     cfg["experiment_name"] = experiment
     cfg["run_name"] = run_name

@@ -543,9 +543,7 @@ def export_bundle(
 
                 # Not in required_packages_version: model.ts runs without it. (MONAI >= 1.5 reads the
                 # old optional_packages_version as required_packages_version, overwriting it.)
-                parts.append(
-                    f"max |ONNX Runtime {onnxruntime.__version__} - checkpoint| {onnx_diff:.2e}"
-                )
+                parts.append(f"max |ONNX Runtime {onnxruntime.__version__} - checkpoint| {onnx_diff:.2e}")
             parts[-1] += f" on a {size} volume"
         note = "; ".join(parts)
         new_meta = copy.deepcopy(meta)

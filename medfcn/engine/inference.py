@@ -238,6 +238,13 @@ def _channel_first(img: MetaTensor) -> MetaTensor:
     return img
 
 
+def _plain(x: Any) -> torch.Tensor:
+    """``x`` as a plain tensor (a MetaTensor's data without its metadata)."""
+    import torch
+
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
 def _replace_nonfinite(image: torch.Tensor, name: str) -> int:
     """Replace NaN and ±inf voxels of a freshly loaded scan in place; return how many there were.
 
@@ -562,11 +569,10 @@ class Segmenter:
                 f"the inverted prediction (shape {tuple(label.shape[1:])}) is not on the scan's grid (shape "
                 f"{tuple(src.shape[1:])}); the bundle's post_invert does not undo its preprocessing"
             )
-        label_mt = MetaTensor(torch.as_tensor(label).to(torch.uint8), affine=affine)
-        probs_mt = (
-            MetaTensor(torch.as_tensor(inverted).float(), affine=affine) if self.keep_probabilities else None
-        )
-        image_mt = MetaTensor(torch.as_tensor(src)[:1].float(), affine=affine)
+        # Fresh MetaTensors with only the source affine (plain tensors in: no stale transform history).
+        label_mt = MetaTensor(_plain(label).to(torch.uint8), affine=affine)
+        probs_mt = MetaTensor(_plain(inverted).float(), affine=affine) if self.keep_probabilities else None
+        image_mt = MetaTensor(_plain(src)[:1].float(), affine=affine)
         t2 = time.perf_counter()
         return Prediction(
             label=label_mt,

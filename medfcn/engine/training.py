@@ -41,8 +41,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.engines.workflow import Workflow
 from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
 from monai.handlers import CheckpointLoader, ValidationHandler, from_engine
 from monai.utils.enums import CommonKeys as Keys
 
@@ -118,11 +118,12 @@ class FCNTrainer(SupervisedTrainer):
         self, *args: Any, amp: bool = False, amp_dtype: str = "auto", grad_clip_norm: float | None = None, **kwargs: Any
     ) -> None:
         kwargs.pop("amp_kwargs", None)
-        super().__init__(*args, amp=False, **kwargs)
+        kwargs["amp"] = False  # MONAI's amp means CUDA autocast + its own scaler; this class does both
+        super().__init__(*args, **kwargs)
         self.amp = bool(amp)
         self.autocast_dtype = autocast_dtype(self.state.device, self.amp, amp_dtype)
         self.grad_clip_norm = float(grad_clip_norm) if grad_clip_norm else None
-        self.scaler = self._new_scaler()
+        self.scaler: torch.amp.GradScaler | None = self._new_scaler()  # type: ignore[assignment]
         self.skipped_steps = 0
 
     def _new_scaler(self) -> torch.amp.GradScaler | None:
@@ -131,7 +132,7 @@ class FCNTrainer(SupervisedTrainer):
     def run(self) -> None:  # type: ignore[override]
         # MONAI's Trainer.run makes a torch.cuda.amp.GradScaler whenever amp is on, on CPUs too; a resumed
         # run loads this scaler's state on STARTED, after it is created here.
-        self.scaler = self._new_scaler()
+        self.scaler = self._new_scaler()  # type: ignore[assignment]
         Workflow.run(self)
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
@@ -184,7 +185,8 @@ class FCNEvaluator(SupervisedEvaluator):
 
     def __init__(self, *args: Any, amp: bool = False, amp_dtype: str = "auto", **kwargs: Any) -> None:
         kwargs.pop("amp_kwargs", None)
-        super().__init__(*args, amp=False, **kwargs)
+        kwargs["amp"] = False
+        super().__init__(*args, **kwargs)
         self.amp = bool(amp)
         self.autocast_dtype = autocast_dtype(self.state.device, self.amp, amp_dtype)
 
@@ -235,7 +237,7 @@ class ClassDice(Metric):
 
     def update(self, output: Sequence[Any]) -> None:
         preds, labels = output
-        for p, g in zip(preds, labels):
+        for p, g in zip(preds, labels, strict=False):
             p_c = torch.as_tensor(p)[self.channel].bool()
             g_c = torch.as_tensor(g)[self.channel].bool()
             denom = int(p_c.sum()) + int(g_c.sum())
@@ -390,7 +392,8 @@ class ResumableCheckpoint:
         map_location: Any = None,
     ) -> None:
         self.path = Path(path)
-        self.save_dict = dict(save_dict)
+        # Unwrap DDP/DataParallel: last.pt then holds plain keys and resumes with or without torchrun.
+        self.save_dict = {k: getattr(v, "module", v) for k, v in save_dict.items()}
         self.evaluator = evaluator
         self.best_checkpoint = best_checkpoint
         self.resume = bool(resume)
@@ -769,7 +772,11 @@ def train(
         if not last.is_file():
             raise InputError(f"nothing to resume in {out}: {last} does not exist (train without --resume first)")
         updates["resume"] = True
-    user = parse_overrides(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
+    user = (
+        parse_overrides(overrides)
+        if isinstance(overrides, (list, tuple))
+        else dict(overrides or {})  # type: ignore[arg-type]
+    )
     updates.update(user)
 
     meta = json.loads(meta_json.read_text(encoding="utf-8"))
@@ -850,6 +857,9 @@ def _is_rank0_env() -> bool:
 
 
 def _first_line(err: BaseException) -> str:
+    """The innermost cause's first line: MONAI wraps config errors in "Failed to instantiate ..." layers."""
+    while err.__cause__ is not None:
+        err = err.__cause__
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 

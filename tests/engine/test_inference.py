@@ -84,6 +84,31 @@ def test_in_memory_metatensor_matches_the_file(bundle: Path, sphere_case: dict) 
         seg(MetaTensor(torch.zeros(4, 4)))
 
 
+def test_non_finite_voxels_are_replaced_counted_and_not_spread(bundle: Path, sphere_case: dict) -> None:
+    from monai.data import MetaTensor
+
+    seg = Segmenter(bundle, device="cpu", network=ThresholdNet(sphere_case["t1"], 1e6))
+    affine = torch.as_tensor(sphere_case["affine"])
+    clean = seg(MetaTensor(torch.as_tensor(sphere_case["image"]), affine=affine))
+    assert clean.nonfinite_voxels == 0
+    bad = torch.as_tensor(sphere_case["image"]).clone()
+    bad[0, 0, :] = float("nan")
+    bad[1, 1, :] = float("inf")
+    bad[22, 15, :] = float("-inf")  # a line through the sphere
+    given = MetaTensor(bad.clone(), affine=affine)
+    pred = seg(given)
+    assert pred.nonfinite_voxels == 3 * bad.shape[2]
+    assert torch.equal(torch.isnan(given.as_tensor()), torch.isnan(bad))  # the caller's tensor is untouched
+    assert torch.isfinite(pred.image).all() and pred.probabilities is not None
+    assert torch.isfinite(pred.probabilities).all()
+    away = np.ones(bad.shape, bool)
+    away[:2, :2, :] = False
+    away[21:24, 14:17, :] = False
+    assert (pred.label[0].numpy()[away] == clean.label[0].numpy()[away]).mean() > 0.99
+    with pytest.raises(InputError, match="no finite voxel"):
+        seg(MetaTensor(torch.full((8, 8, 8), float("nan")), affine=affine))
+
+
 def test_probabilities_and_flip_tta(bundle: Path, sphere_case: dict) -> None:
     net = ThresholdNet(sphere_case["t1"], 1e6, gain=3.0)  # soft, so the probabilities are informative
     plain = Segmenter(bundle, device="cpu", network=net)(sphere_case["path"])

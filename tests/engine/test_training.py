@@ -26,7 +26,7 @@ from medfcn.engine.training import (
 from medfcn.errors import DataError, InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_TRAINING, copy_liver_bundle  # noqa: E402
+from conftest import TINY_TRAINING, copy_liver_bundle
 
 runner = CliRunner()
 
@@ -53,7 +53,7 @@ def test_autocast_dtype_rules() -> None:
     assert autocast_dtype("cpu", False) is None
     assert autocast_dtype("cpu", True) == torch.bfloat16
     assert autocast_dtype("cpu", True, "bf16") == torch.bfloat16
-    with pytest.raises(InputError, match="fp16.*CUDA"):
+    with pytest.raises(InputError, match=r"fp16.*CUDA"):
         autocast_dtype("cpu", True, "fp16")
     with pytest.raises(InputError, match="amp_dtype"):
         autocast_dtype("cpu", True, "int8")
@@ -337,5 +337,5 @@ def test_a_non_finite_gradient_skips_the_step_instead_of_poisoning_the_weights()
     )
     trainer.run()
     assert trainer.skipped_steps == 1
-    for p, b in zip(net.parameters(), before):
+    for p, b in zip(net.parameters(), before, strict=True):
         assert torch.equal(p.detach(), b)

@@ -18,7 +18,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-__all__ = ["Entry", "build_corpus", "build_hostile_msd", "is_root", "tree_digest"]
+__all__ = ["SHAPE", "Entry", "build_corpus", "build_hostile_msd", "is_root", "tree_digest"]
 
 SHAPE = (24, 24, 12)
 

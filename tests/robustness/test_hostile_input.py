@@ -19,7 +19,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from _corpus import Entry, build_corpus, build_hostile_msd, is_root, tree_digest  # type: ignore[import-not-found]
+from _corpus import SHAPE, Entry, build_corpus, build_hostile_msd, is_root, tree_digest  # type: ignore[import-not-found]
 
 _CORPUS_ENTRIES = [
     "scan with spaces ü.nii.gz",
@@ -203,6 +203,10 @@ def test_a_few_non_finite_voxels_do_not_silently_destroy_the_mask(infer_run: Inf
     away[:4, :4, :] = False
     agreement = float((got[away] == ref[away]).mean())
     assert agreement > 0.9, f"mask agrees with the clean scan's on only {agreement:.1%} of voxels"
+    # segmented anyway: the repair must be visible to whoever reads the results
+    stats = json.loads((infer_run.output / row["id"] / "stats.json").read_text(encoding="utf-8"))
+    assert "non_finite_voxels" in stats["flags"] and stats["input"]["non_finite_voxels"] == 3 * SHAPE[2]
+    assert "non_finite_voxels" in row["flags"]
 
 
 def test_locked_file_without_root(infer_run: InferRun) -> None:

@@ -75,6 +75,7 @@ def run_demo(
     """
     from monai.utils import path_to_sqlite_uri
 
+    from medfcn.bundle import set_patch_size
     from medfcn.data.synthetic import write_msd_dataset
     from medfcn.engine.inference import segment_folder
     from medfcn.engine.training import train
@@ -95,6 +96,7 @@ def run_demo(
         shutil.rmtree(work)
     shutil.copytree(source, work, ignore=shutil.ignore_patterns("models", "runs", "eval", "logs", "__pycache__"))
     (work / "models").mkdir()
+    set_patch_size(work, patch_size)  # training and inference alike
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or path_to_sqlite_uri(str(out / "mlflow.db"))
     trained = train(
         work,
@@ -103,7 +105,7 @@ def run_demo(
         val_interval=5,
         device=device,
         seed=seed,
-        overrides={"patch_size": list(patch_size), "num_workers": 0},
+        overrides={"num_workers": 0},
         tracking=tracking,
         tracking_uri=uri if tracking else None,
         experiment="medfcn-demo",

@@ -15,7 +15,7 @@ from typing import Any
 
 from medfcn.errors import BundleError
 
-__all__ = ["Bundle", "load_bundle"]
+__all__ = ["Bundle", "load_bundle", "set_patch_size"]
 
 _CONFIGS = ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
 
@@ -86,3 +86,35 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         if (root / "models" / name).is_file()
     }
     return Bundle(root=root, metadata=metadata, configs=configs, weights=weights)
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=4) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def set_patch_size(path: str | os.PathLike[str], patch_size: tuple[int, ...] | list[int]) -> None:
+    """Change the bundle's patch size where it is defined, for training **and** inference.
+
+    ``patch_size`` lives once, in ``configs/inference.json`` (``train.json`` takes it by macro); the
+    metadata's ``spatial_shape`` follows. Overriding it for training alone would make inference use
+    another window than the network was trained on, which instance-normalised networks do not tolerate.
+
+    Raises:
+        BundleError: not a bundle, or a patch that is not three positive ints.
+    """
+    bundle = load_bundle(path)
+    patch = [int(p) for p in patch_size]
+    if len(patch) != 3 or min(patch) < 1:
+        raise BundleError(f"patch_size must be three positive ints, got {list(patch_size)}")
+    infer_file = bundle.configs["inference.json"]
+    config = json.loads(infer_file.read_text(encoding="utf-8"))
+    config["patch_size"] = patch
+    meta = dict(bundle.metadata)
+    for group in ("inputs", "outputs"):
+        for tensor in meta.get("network_data_format", {}).get(group, {}).values():
+            if isinstance(tensor, dict) and "spatial_shape" in tensor:
+                tensor["spatial_shape"] = patch
+    _write_json_atomic(infer_file, config)
+    _write_json_atomic(bundle.root / "configs" / "metadata.json", meta)

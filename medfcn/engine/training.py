@@ -778,6 +778,15 @@ def train(
         else dict(overrides or {})  # type: ignore[arg-type]
     )
     updates.update(user)
+    shared = sorted(k for k in user if isinstance(raw.get(k), str) and str(raw[k]).startswith("%configs/inference.json"))
+    if shared:
+        logger.warning(
+            "%s overridden for training only; configs/inference.json still defines %s for inference. A network "
+            "run on other inputs than it was trained on (window size, spacing, intensities) gives other "
+            "results: change them in configs/inference.json (medfcn.bundle.set_patch_size) instead",
+            ", ".join(shared),
+            "them" if len(shared) > 1 else "it",
+        )
 
     meta = json.loads(meta_json.read_text(encoding="utf-8"))
     bundle_name = str(meta.get("name") or root.name)

@@ -31,7 +31,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,6 +46,8 @@ from monai.engines.workflow import Workflow
 from monai.handlers import CheckpointLoader, ValidationHandler, from_engine
 from monai.utils.enums import CommonKeys as Keys
 
+from medfcn.bundle.export import _working_directory
+from medfcn.engine.inference import _resolve_device
 from medfcn.errors import BundleError, DataError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -634,35 +636,6 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    # Bundle macros ("%configs/inference.json#pixdim") are resolved relative to the working directory, as
-    # under `python -m monai.bundle run` from the bundle root.
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def _resolve_device(device: str) -> torch.device:
-    text = str(device).strip().lower()
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(text)
-    except RuntimeError as err:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return dev
-
-
 def _missing_dataset(data: Path) -> DataError:
     return DataError(
         f"no MSD dataset at {data} (dataset.json not found). Make a synthetic one with "
@@ -824,8 +797,10 @@ def train(
         tracking=settings,
         **updates,
     )
+    # Bundle macros ("%configs/inference.json#pixdim") resolve relative to the working directory, as under
+    # `python -m monai.bundle run` from the bundle root: parse and run from there.
     try:
-        with _cwd(root):
+        with _working_directory(root):
             workflow.initialize()
             parser = workflow.parser
             trainer = parser.get_parsed_content("train#trainer")
@@ -841,10 +816,10 @@ def train(
     _Progress(evaluator, class_names, quiet).attach(trainer)
     (root / "models").mkdir(exist_ok=True)
     try:
-        with _cwd(root):
+        with _working_directory(root):
             workflow.run()
     finally:
-        with _cwd(root):
+        with _working_directory(root):
             workflow.finalize()
     metrics_file = out / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import copy_liver_bundle  # noqa: E402
+from conftest import copy_liver_bundle
 
 EPOCHS = 60
 

@@ -139,10 +139,11 @@ def _infer_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     args = ["infer", "--bundle", cfg["bundle"], "--input", cfg["image"], "--output", cfg["output"]]
     args += ["--device", "cpu", "--quiet", "--overwrite"] + (["--amp"] if cfg["precision"] == "bf16" else [])
     try:
-        app(args, standalone_mode=False)
-        status = "ok"
-    except SystemExit as exc:  # typer raises Exit for non-zero codes
-        status = f"exit {exc.code}"
+        # standalone_mode=False: click returns the command's exit code instead of calling sys.exit
+        code = app(args, standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code
+    status = "ok" if code in (0, None) else f"exit {code}"
     return {**cfg, "seconds": time.perf_counter() - t0, "peak_rss_mib": _vm_hwm_mib(), "status": status}
 
 
@@ -286,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.infer_cli:
             size = args.infer_cli_size
-            image = Path(tmp) / f"cli_{_fmt_size(size)}.nii.gz"
-            if not image.exists():
-                _write_ct(size, image)
+            image = Path(tmp) / "cli_input" / f"cli_{_fmt_size(size)}.nii.gz"  # apart from the outputs
+            image.parent.mkdir(exist_ok=True)
+            _write_ct(size, image)
             cli_rows = []
             for prec in args.precisions:
                 cfg = {
@@ -300,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                     "size": list(size),
                 }
                 r = _run_child("infer-worker", cfg, args.timeout)
-                if "error" in r:
-                    cli_rows.append([_fmt_size(size), prec, "error", "", r["error"][:80]])
+                if "error" in r or r["status"] != "ok":
+                    why = r.get("error") or r["status"]
+                    cli_rows.append([_fmt_size(size), prec, "error", "", why[:80]])
                 else:
                     cli_rows.append(
                         [

@@ -15,8 +15,11 @@ Memory: the whole preprocessed volume is held on the CPU; only sliding-window ba
 On CUDA the output is stitched on the device for volumes up to ``cpu_thresh`` voxels and on the CPU
 above it (MONAI ``SlidingWindowInferer(sw_device=..., device=..., cpu_thresh=...)``), so a 512×512×600
 CT needs GPU memory for one window batch only; ``buffer_steps`` trades GPU memory for fewer transfers.
-Host memory peaks at about (C + 2) × 4 bytes per source voxel plus the same per preprocessed voxel
-(the class probabilities before and after inversion), e.g. ~3 GiB for 512×512×600 with three classes.
+Host memory peaks while ``post_invert`` resamples the class probabilities back to the source grid
+(MONAI resamples in the ``dtype`` of the bundle's ``Spacingd``, float64 by default): measured for the
+liver bundle on CPU, a whole 512×512×300 case peaks at 6.8 GiB and a 512×512×600 one at 13.0 GiB
+(``benchmarks/README.md``); with ``Spacingd(dtype=float32)`` the inversion's peak drops from 6.8 to 4.2
+GiB for 512×512×300.
 
 :func:`segment_folder` runs a whole folder: discovery (:func:`medfcn.data.discovery.find_cases`), a
 background thread that loads the next case while the current one is computed, per-case outputs written
@@ -280,12 +283,17 @@ def _fill_background(probs: torch.Tensor) -> torch.Tensor:
     ``Invertd`` undoes a foreground crop by zero-padding, and the interpolation of the inverted resampling
     blends those zeros into the voxels along the crop border, so there the class probabilities of a
     ``(C, X, Y, Z)`` map sum to less than 1 (to 0 outside the crop box). The preprocessing cropped those
-    voxels away as background; this makes that explicit, so every voxel's probabilities sum to 1.
+    voxels away as background; this makes that explicit, so every voxel's probabilities sum to 1. Works
+    in place on ``probs`` (the fresh output of ``Invertd``).
+
+    Only the reported probabilities are completed: the label map stays the bundle's own ``post_discrete``
+    of the raw inverted map, so that every runtime of the bundle gives the same mask. Along the crop
+    border the two can differ (the argmax of the raw map extends the prediction inside the box; the
+    completed map favours background there).
     """
-    missing = (1.0 - probs.sum(0)).clamp_(min=0.0)
-    out = probs.clone()
-    out[0] += missing
-    return out
+    missing = probs.sum(0)  # in place from here: one (X, Y, Z) temporary, no copy of the C channels
+    probs[0] += missing.neg_().add_(1.0).clamp_(min=0.0)
+    return probs
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, Any]:
@@ -557,8 +565,12 @@ class Segmenter:
             probs = probs / len(flips)
             t1 = time.perf_counter()
             d = self.post_invert({"image": image, "pred": probs})
-            inverted = _fill_background(d["pred"])
+            inverted = d["pred"]
+            # The label is exactly the bundle's postprocessing (what `monai.bundle run` and the Deploy app
+            # compute); only the probabilities handed back are completed to sum to 1, after the argmax.
             label = self.post_discrete({"pred": inverted})["pred"]
+            if self.keep_probabilities:
+                inverted = _fill_background(inverted)
         src = loaded.source
         affine = torch.as_tensor(src.affine, dtype=torch.float64)
         inv_affine = torch.as_tensor(getattr(inverted, "affine", affine), dtype=torch.float64)
@@ -747,7 +759,10 @@ def _discover(input_path: Path, *, modality: str | None, min_slices: int | None)
         for skip in report.skipped:
             path = skip.path if not prefix else str(Path(prefix) / skip.path)
             skipped.append(CaseResult("", path, "", "skipped", skip.reason))
-    roots = [e if e.is_dir() else e.parent for e in entries if e.exists()]
+    # What "inside the input" means for the output check: a folder's tree, a DICOMDIR's folder (discovery
+    # scans it), but a single scan file only itself, so results may go beside it (`--input ct.nii.gz
+    # --output results/` in the folder that holds the scan).
+    roots = [e.parent if e.is_file() and e.name.upper() == "DICOMDIR" else e for e in entries if e.exists()]
     return _Found(cases, sources, skipped, roots)
 
 

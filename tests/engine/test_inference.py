@@ -123,6 +123,25 @@ def test_probabilities_and_flip_tta(bundle: Path, sphere_case: dict) -> None:
     assert no_probs.probabilities is None
 
 
+def test_label_is_the_bundles_own_postprocessing(bundle: Path, sphere_case: dict) -> None:
+    """The mask equals the bundle's chain run by hand (what `monai.bundle run` and Deploy compute), also along
+    the border of the foreground crop, where the reported probabilities are completed with background."""
+    net = ThresholdNet(-1.0, 1e6)  # class 1 everywhere inside the crop box: its border decides the mask
+    seg = Segmenter(bundle, device="cpu", network=net)
+    pred = seg(sphere_case["path"])
+    d = seg.preprocessing({"image": str(sphere_case["path"])})
+    with torch.inference_mode():
+        logits = seg.inferer(d["image"].as_tensor()[None], net)
+        d["pred"] = seg.post_activation({"pred": torch.as_tensor(logits)[0]})["pred"]
+        raw = seg.post_invert(d)["pred"]
+        expected = seg.post_discrete({"pred": raw})["pred"]
+    np.testing.assert_array_equal(pred.label.numpy(), np.asarray(expected).astype(np.uint8))
+    raw_sum = np.asarray(raw).sum(0)
+    assert ((raw_sum > 0.01) & (raw_sum < 0.99)).any()  # the case has a crop border
+    assert pred.probabilities is not None
+    np.testing.assert_allclose(pred.probabilities.sum(0).numpy(), 1.0, atol=1e-4)
+
+
 def test_bundle_weights_options_and_bf16(bundle: Path, sphere_case: dict) -> None:
     seg = Segmenter(bundle, device="cpu", sw_batch_size=3, overlap=0.5)
     assert seg.weights == "models/model.pt" and seg.device == torch.device("cpu")

@@ -280,6 +280,15 @@ def test_single_file_list_file_and_refusals(segmenter: Segmenter, scans: dict, t
     assert listed.ok == 2
     assert any(c.status == "skipped" and "does not exist" in c.reason for c in listed.cases)
 
+    # one scan file: results may go beside it (only the file itself is input), and the file is untouched
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    (beside / "ct_two.nii.gz").write_bytes((root / "ct_two.nii.gz").read_bytes())
+    digest = tree_digest(beside)
+    next_to = segment_folder(segmenter, beside / "ct_two.nii.gz", beside / "results", progress=False)
+    assert next_to.ok == 1 and (beside / "results" / "ct_two" / "done.json").is_file()
+    assert {k: v for k, v in tree_digest(beside).items() if not k.startswith("results")} == digest
+
     with pytest.raises(InputError, match="inside the input"):
         segment_folder(segmenter, root, root / "results", progress=False)
     assert not (root / "results").exists()

@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import copy_liver_bundle
 
-EPOCHS = 60
+EPOCHS = 80
+SHAPE = (96, 96, 64)  # at 1.5 x 1.5 x 2 mm, smaller phantoms leave too few voxels per organ for Dice 0.8
 
 
 @pytest.mark.slow
@@ -19,15 +20,15 @@ def test_liver_dice_on_held_out_phantoms_exceeds_0_8(tmp_path: Path) -> None:
     from medfcn.engine.evaluation import evaluate
     from medfcn.engine.training import train
 
-    data = write_msd_dataset(tmp_path / "train", num_train=10, num_test=0, shape=(64, 64, 48), seed=11)
+    data = write_msd_dataset(tmp_path / "train", num_train=10, num_test=0, shape=SHAPE, seed=11)
     # Held out: phantoms of another seed, never seen in training or model selection.
-    unseen = write_msd_dataset(tmp_path / "unseen", num_train=4, num_test=0, shape=(64, 64, 48), seed=12345)
+    unseen = write_msd_dataset(tmp_path / "unseen", num_train=4, num_test=0, shape=SHAPE, seed=12345)
     bundle = copy_liver_bundle(tmp_path / "liver")
     result = train(
         bundle,
         data_dir=data,
         epochs=EPOCHS,
-        val_interval=10,
+        val_interval=20,
         device="cpu",
         tracking=False,
         quiet=True,

@@ -55,7 +55,9 @@ class InferRun:
 
 def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The real command in a child process: a crash (segfault, OOM kill) or a hang cannot hide."""
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "2"}
+    # One thread: under `pytest -n 2` the other worker has the second core (oversubscribed OpenMP
+    # threads spin and make the whole suite ~2x slower).
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "medfcn", *args],
         capture_output=True,

@@ -49,7 +49,7 @@ def run_demo(
     num_train: int = 8,
     num_test: int = 2,
     shape: tuple[int, int, int] = (64, 64, 48),
-    epochs: int = 30,
+    epochs: int = 60,
     patch_size: tuple[int, int, int] = (48, 48, 48),
     device: str = "auto",
     tracking: bool = True,

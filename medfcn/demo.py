@@ -38,8 +38,11 @@ class DemoResult:
 
 
 def default_bundle() -> Path:
-    """``bundles/liver`` of the source checkout medfcn runs from (``pip install -e .``)."""
-    return Path(__file__).resolve().parents[1] / "bundles" / "liver"
+    """``bundles/liver`` of the source checkout medfcn runs from (``pip install -e .``), else of the current
+    folder (a regular install run from a clone, or ``/opt/medfcn`` in the Docker image)."""
+    source = Path(__file__).resolve().parents[1] / "bundles" / "liver"
+    here = Path.cwd() / "bundles" / "liver"
+    return source if (source / "configs").is_dir() or not (here / "configs").is_dir() else here
 
 
 def run_demo(

@@ -115,13 +115,18 @@ def throughput(
 
 
 def budget(
-    bundle: Path, *, epochs: int, cases: int, shape: tuple[int, int, int], workdir: Path
+    bundle: Path,
+    *,
+    epochs: int,
+    cases: int,
+    shape: tuple[int, int, int],
+    workdir: Path,
+    patch: tuple[int, int, int] | None = None,
 ) -> list[list[str]]:
     """Train FCN and UNet for the same epochs; held-out Dice/HD95 of each via medfcn's evaluate."""
-    from medfcn.engine.training import train
-
     from medfcn.data.synthetic import write_msd_dataset
     from medfcn.engine.evaluation import evaluate
+    from medfcn.engine.training import train
 
     data = write_msd_dataset(workdir / "Task03_Liver", num_train=cases, num_test=0, shape=shape, seed=0)
     rows = []
@@ -131,13 +136,20 @@ def budget(
             bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "logs", "runs", "mlruns")
         )
         (copy / "models").mkdir(exist_ok=True)
+        if patch is not None:  # training and inference alike (medfcn.bundle.set_patch_size)
+            from medfcn.bundle import set_patch_size
+
+            set_patch_size(copy, patch)
         if name == "unet":
             cfg_path = copy / "configs" / "inference.json"
             cfg = json.loads(cfg_path.read_text())
             cfg["network_def"] = UNET_DEF
             cfg_path.write_text(json.dumps(cfg, indent=2))
         t0 = time.perf_counter()
-        train(copy, data_dir=data, epochs=epochs, device="cpu", seed=0, tracking=False, quiet=True)
+        train(
+            copy, data_dir=data, epochs=epochs, device="cpu", seed=0, tracking=False, quiet=True,
+            overrides={"num_workers": 0},
+        )  # fmt: skip
         train_s = time.perf_counter() - t0
         result = evaluate(copy, data, split="val", device="cpu", seed=0, progress=False)
         for s in result.summary:
@@ -173,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=10, help="budget part: epochs for each network")
     p.add_argument("--cases", type=int, default=10, help="budget part: labelled synthetic cases")
     p.add_argument("--shape", default="64x64x48", help="budget part: synthetic volume shape XxYxZ")
+    p.add_argument("--patch", default=None, help="budget part: patch XxYxZ for both networks (default: the bundle's)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = args.bundle.resolve()
@@ -197,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if "budget" in args.parts:
         shape = tuple(int(v) for v in args.shape.split("x"))
         with tempfile.TemporaryDirectory(prefix="medfcn-bench-train-") as tmp:
-            rows = budget(bundle, epochs=args.epochs, cases=args.cases, shape=shape, workdir=Path(tmp))  # type: ignore[arg-type]
+            patch = tuple(int(v) for v in args.patch.split("x")) if args.patch else None
+            rows = budget(
+                bundle, epochs=args.epochs, cases=args.cases, shape=shape, workdir=Path(tmp), patch=patch  # type: ignore[arg-type]
+            )
         print(
             f"\n## Equal budget ({args.epochs} epochs, {args.cases} synthetic cases {args.shape}): held-out split\n"
         )

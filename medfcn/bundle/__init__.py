@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medfcn._io import atomic_write_json
 from medfcn.errors import BundleError
 
 __all__ = ["Bundle", "load_bundle", "set_patch_size"]
@@ -88,12 +89,6 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     return Bundle(root=root, metadata=metadata, configs=configs, weights=weights)
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=4) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def set_patch_size(path: str | os.PathLike[str], patch_size: tuple[int, ...] | list[int]) -> None:
     """Change the bundle's patch size where it is defined, for training **and** inference.
 
@@ -116,5 +111,5 @@ def set_patch_size(path: str | os.PathLike[str], patch_size: tuple[int, ...] | l
         for tensor in meta.get("network_data_format", {}).get(group, {}).values():
             if isinstance(tensor, dict) and "spatial_shape" in tensor:
                 tensor["spatial_shape"] = patch
-    _write_json_atomic(infer_file, config)
-    _write_json_atomic(bundle.root / "configs" / "metadata.json", meta)
+    atomic_write_json(infer_file, config, indent=4)
+    atomic_write_json(bundle.root / "configs" / "metadata.json", meta, indent=4)

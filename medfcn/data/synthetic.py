@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medfcn._io import atomic_write, atomic_write_json
 from medfcn.errors import DataError
 
 __all__ = [
@@ -371,22 +372,6 @@ def make_phantom(
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path`` (same suffixes), then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}"
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     import nibabel as nib
 
@@ -394,7 +379,7 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.header.set_qform(affine, code=1)  # scanner coordinates, as written by DICOM converters
     img.header.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    _atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 
 def _write_dicom_dir(ph: Phantom, dicom_dir: Path, *, seed: int) -> None:
@@ -431,12 +416,7 @@ def _remove_stale_cases(root: Path, listed: set[str], dicom: bool) -> None:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=2) + "\n"
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-
-    _atomic_write(path, write)
+    atomic_write_json(path, payload)
 
 
 def write_msd_dataset(
@@ -771,6 +751,6 @@ def write_dicom_series(
                 raise ValueError(f"pydicom cannot encode transfer syntax {syntax.name} ({err})") from err
 
         path = out / f"IM{k + 1:04d}.dcm"
-        _atomic_write(path, functools.partial(_save_dicom, ds))
+        atomic_write(path, functools.partial(_save_dicom, ds))
         paths.append(path)
     return paths

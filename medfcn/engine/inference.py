@@ -43,10 +43,9 @@ import logging
 import os
 import platform
 import queue
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medfcn._io import atomic_write, atomic_write_json, atomic_write_text
 from medfcn.errors import BundleError, InputError, MedfcnError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,8 +83,6 @@ CASE_FILES = {
 }
 """File names inside ``<output>/<case-id>/``; ``done.json`` is written last and marks a complete case."""
 
-_UMASK = os.umask(0o022)  # read the process umask (os.umask sets and returns it) ...
-os.umask(_UMASK)  # ... and put it back at once
 _LIST_SUFFIXES = {".txt", ".lst", ".list"}
 _REQUIRED_IDS = ("preprocessing", "inferer", "post_activation", "post_invert", "post_discrete")
 AmpSetting = bool | Literal["fp16", "bf16"] | None
@@ -132,35 +130,8 @@ def _amp_dtype(amp: AmpSetting, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path`` (same suffixes), then rename it onto ``path``.
-
-    The temp name starts with a dot and contains ``.tmp`` so that an interrupted run's leftovers are
-    recognisable (:func:`_clean_temp`); the suffix is kept because writers pick the format from it.
-    """
-    suffix = "".join(Path(path.name).suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}"
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-
-    _atomic_write(path, write)
-
-
 def _write_json(path: Path, payload: Any) -> None:
-    _write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_json(path, payload)
 
 
 def _clean_temp(folder: Path) -> None:
@@ -178,7 +149,7 @@ def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    _atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 
 def _first_line(err: BaseException) -> str:
@@ -885,7 +856,7 @@ def _write_case(
         from medfcn.engine.preview import render_preview
 
         sheet = render_preview(image, label, affine, window=segmenter.window or (-160.0, 240.0))
-        _atomic_write(case_dir / CASE_FILES["preview"], lambda tmp: sheet.save(tmp, format="PNG"))
+        atomic_write(case_dir / CASE_FILES["preview"], lambda tmp: sheet.save(tmp, format="PNG"))
     kwargs: dict[str, Any] = {}
     if max_entropy is not None:
         kwargs["max_entropy"] = max_entropy
@@ -936,7 +907,7 @@ def _write_summaries(
             [r.id, r.source, r.kind, r.status, r.reason, f"{r.seconds:.2f}", ";".join(r.flags)]
             + [("" if c not in r.volumes_ml else f"{r.volumes_ml[c]:.3f}") for c in classes]
         )
-    _write_text(output / "summary.csv", buf.getvalue())
+    atomic_write_text(output / "summary.csv", buf.getvalue())
     _write_json(output / "summary.json", {"cases": [asdict(r) for r in rows]})
     _write_json(output / "run.json", run_info)
 

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from monai.engines.workflow import Workflow
 from monai.handlers import CheckpointLoader, ValidationHandler, from_engine
 from monai.utils.enums import CommonKeys as Keys
 
+from medfcn._io import atomic_write, atomic_write_json
 from medfcn.bundle.export import _working_directory
 from medfcn.engine.inference import _resolve_device
 from medfcn.errors import BundleError, DataError, InputError
@@ -275,26 +275,7 @@ class PeriodicValidation(ValidationHandler):
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _atomic_json(payload: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _loss_of(output: Any) -> float:
@@ -508,7 +489,7 @@ class MetricsWriter:
 
     def _write(self, engine: Engine) -> None:
         if _is_rank0():
-            _atomic_json(self.summary(), self.path)
+            atomic_write_json(self.path, self.summary())
 
 
 # --------------------------------------------------------------------------------------------- progress
@@ -811,7 +792,7 @@ def train(
         raise BundleError(f"{train_json}: cannot build the training: {_first_line(err)}") from err
     if settings is not None:
         # The executed config with every macro resolved (what actually ran), as the MLflow artifact.
-        _atomic_json(parser.get(), out / "config_executed.json")
+        atomic_write_json(out / "config_executed.json", parser.get())
     class_names = [str(c) for c in (parser.get("class_names") or [])]
     _Progress(evaluator, class_names, quiet).attach(trainer)
     (root / "models").mkdir(exist_ok=True)

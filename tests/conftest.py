@@ -6,13 +6,11 @@ from pathlib import Path
 
 import monai.apps.utils  # noqa: F401  (MONAI binds its loggers to sys.stdout at first import: do it outside CliRunner)
 import pytest
+from _liver_support import TINY_TRAINING, copy_liver_bundle
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIVER_BUNDLE = REPO_ROOT / "bundles" / "liver"
-# Small enough for 2 CPU cores: the synthetic phantoms are ~40 voxels across after resampling.
-TINY_PATCH = (48, 48, 48)
-TINY_TRAINING = {"num_workers": 0, "num_samples": 2}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,22 +40,6 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "Task03_Liver"
     write_msd_dataset(root, num_train=6, num_test=2, shape=(48, 48, 32), seed=0)
     return root
-
-
-def copy_liver_bundle(dest: Path, patch_size: tuple[int, int, int] | None = TINY_PATCH) -> Path:
-    """A writable copy of ``bundles/liver`` without weights or run folders, with a smaller patch (training
-    and inference alike) unless ``patch_size`` is None."""
-    import shutil
-
-    from medfcn.bundle import set_patch_size
-
-    shutil.copytree(
-        LIVER_BUNDLE, dest, ignore=shutil.ignore_patterns("models", "runs", "eval", "logs", "mlruns", "__pycache__")
-    )
-    (dest / "models").mkdir()
-    if patch_size is not None:
-        set_patch_size(dest, patch_size)
-    return dest
 
 
 @pytest.fixture(scope="session")

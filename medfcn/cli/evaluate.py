@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_PARTIAL, user_errors
+from medfcn.cli._common import EXIT_PARTIAL, bundle_option, user_errors
 
 __all__ = ["evaluate"]
 
@@ -22,13 +22,8 @@ class _Split(str, Enum):
 def evaluate(
     bundle: Annotated[
         Path,
-        typer.Option(
-            "--bundle",
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
-            resolve_path=True,
-            help="Trained bundle folder (configs/inference.json, models/model.pt).",
+        bundle_option(
+            "Trained bundle folder (configs/inference.json, models/model.pt).",
         ),
     ],
     data: Annotated[

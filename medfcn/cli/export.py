@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import user_errors
+from medfcn.cli._common import bundle_option, user_errors
 
 __all__ = ["export"]
 
@@ -27,13 +27,8 @@ def _size(n: int) -> str:
 def export(
     bundle: Annotated[
         Path,
-        typer.Option(
-            "--bundle",
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
-            resolve_path=True,
-            help="Bundle directory with configs/inference.json, configs/metadata.json and models/model.pt.",
+        bundle_option(
+            "Bundle directory with configs/inference.json, configs/metadata.json and models/model.pt.",
         ),
     ],
     onnx: Annotated[

@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, fail, user_errors
+from medfcn.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    bundle_option,
+    fail,
+    user_errors,
+)
 
 __all__ = ["infer"]
 
@@ -15,14 +23,9 @@ __all__ = ["infer"]
 def infer(
     bundle: Annotated[
         Path,
-        typer.Option(
-            "--bundle",
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
+        bundle_option(
+            "Bundle folder (configs/inference.json, configs/metadata.json, models/model.pt).",
             readable=True,
-            resolve_path=True,
-            help="Bundle folder (configs/inference.json, configs/metadata.json, models/model.pt).",
         ),
     ],
     input: Annotated[

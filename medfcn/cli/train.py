@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_USAGE, user_errors
+from medfcn.cli._common import EXIT_USAGE, bundle_option, user_errors
 
 __all__ = ["train"]
 
@@ -16,13 +16,8 @@ __all__ = ["train"]
 def train(
     bundle: Annotated[
         Path,
-        typer.Option(
-            "--bundle",
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
-            resolve_path=True,
-            help="Bundle folder (configs/train.json, configs/inference.json, configs/metadata.json). The best "
+        bundle_option(
+            "Bundle folder (configs/train.json, configs/inference.json, configs/metadata.json). The best "
             "weights are written to its models/model.pt.",
         ),
     ],

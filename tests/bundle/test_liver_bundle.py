@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 LIVER = REPO / "bundles" / "liver"
 SCHEMA = Path(__file__).resolve().parent / "meta_schema.json"
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import TINY_TRAINING, copy_liver_bundle  # noqa: E402
+from _liver_support import TINY_TRAINING, copy_liver_bundle  # noqa: E402
 
 
 def _config(name: str) -> dict:

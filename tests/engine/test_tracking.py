@@ -19,7 +19,7 @@ from medfcn.cli.main import app
 from medfcn.tracking import dataset_fingerprint, default_tracking_uri, flatten_params, redact_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_TRAINING, copy_liver_bundle
+from _liver_support import TINY_TRAINING, copy_liver_bundle
 
 
 def test_flatten_params_names_and_limits() -> None:

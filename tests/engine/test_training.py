@@ -26,7 +26,7 @@ from medfcn.engine.training import (
 from medfcn.errors import DataError, InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_TRAINING, copy_liver_bundle
+from _liver_support import TINY_TRAINING, copy_liver_bundle
 
 runner = CliRunner()
 

@@ -18,6 +18,12 @@ Both networks use the bundle's roi (``patch_size``), overlap, sw_batch_size and 
 UNet is MONAI's ``UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)`` with untrained
 weights (speed does not depend on weight values).
 
+A bundle without weights (``bundles/liver`` before ``medfcn train``) is benchmarked through a temporary copy
+with seeded random weights, so the default command needs nothing but this checkout. The last table checks
+the targets of issue 7 against the figures of the same run: FCN >= 1.5x faster than the UNet and bf16 >= 2x
+faster than fp32 (network, preprocessing excluded), a whole ``medfcn infer`` of 512x512x300 in < 60 s and
+< 6 GiB.
+
 Usage:
     python benchmarks/bench_inference.py                       # 256x256x128 and 512x512x300, all configs
     python benchmarks/bench_inference.py --sizes 128x128x64 --repeats 2 --no-infer-cli   # quick
@@ -72,6 +78,30 @@ def _write_ct(shape: tuple[int, int, int], path: Path, seed: int = 0) -> None:
 
     ph = make_phantom(shape, spacing=(0.8, 0.8, 2.5), seed=seed, orientation="lps")
     nib.save(nib.Nifti1Image(np.asarray(ph.image).astype(np.int16), np.asarray(ph.affine)), path)
+
+
+def _seeded_copy(bundle: Path, dest: Path) -> Path:
+    """A copy of ``bundle`` with seeded random weights of its ``network_def`` (for a bundle not trained yet).
+
+    Speed and memory do not depend on weight values, so the benchmark needs no training run.
+    """
+    import shutil
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns("models", "runs", "eval", "mlruns", "logs"))
+    (dest / "models").mkdir()
+    parser = ConfigParser()
+    parser.read_config(str(dest / "configs" / "inference.json"))
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def", lazy=False)
+    torch.save(net.state_dict(), dest / "models" / "model.pt")
+    return dest
+
+
+def _has_weights(bundle: Path) -> bool:
+    return (bundle / "models" / "model.pt").is_file() or (bundle / "models" / "model.ts").is_file()
 
 
 def _unet() -> Any:
@@ -205,17 +235,27 @@ def main(argv: list[str] | None = None) -> int:
     import monai
     import torch
 
-    bundle = str(args.bundle.resolve())
+    from medfcn.engine.inference import cpu_has_bf16
+
     print(f"# bench_inference {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, threads={args.threads}, "
-        f"torch {torch.__version__}, monai {monai.__version__}, bundle {bundle}"
+        f"cpu bf16 units: {'yes' if cpu_has_bf16() else 'no'}, torch {torch.__version__}, monai {monai.__version__}"
     )
     print(
         f"# command: python benchmarks/bench_inference.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     )
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="medfcn-bench-") as tmp:
+        source = args.bundle.resolve()
+        if _has_weights(source):
+            bundle = str(source)
+            print(f"# bundle {bundle}")
+        else:
+            bundle = str(_seeded_copy(source, Path(tmp) / "bundle"))
+            print(
+                f"# bundle {source} (no weights yet: a copy with seeded random weights; speed does not depend on them)"
+            )
         for size in args.sizes:
             image = Path(tmp) / f"ct_{_fmt_size(size)}.nii.gz"
             _write_ct(size, image)
@@ -285,7 +325,22 @@ def main(argv: list[str] | None = None) -> int:
             print("\n## Ratios (same run; >1 means the second is faster)\n")
             print(_table(["size", "mode", "ratio", "value"], ratio_rows))
 
-        if args.infer_cli:
+        target_rows = []
+        for size in args.sizes:
+            for prec in args.precisions:
+                f, u = med(list(size), "net", "fcn", prec), med(list(size), "net", "unet", prec)
+                if f and u:
+                    target_rows.append(
+                        [f"FCN >= 1.5x faster than UNet, {_fmt_size(size)} net {prec}", f"{u / f:.2f}x",
+                         "met" if u / f >= 1.5 else "NOT met"]
+                    )  # fmt: skip
+            a, b = med(list(size), "net", "fcn", "fp32"), med(list(size), "net", "fcn", "bf16")
+            if a and b:
+                target_rows.append(
+                    [f"FCN bf16 >= 2x faster than fp32, {_fmt_size(size)} net", f"{a / b:.2f}x",
+                     "met" if a / b >= 2.0 else "NOT met"]
+                )  # fmt: skip
+
             size = args.infer_cli_size
             image = Path(tmp) / "cli_input" / f"cli_{_fmt_size(size)}.nii.gz"  # apart from the outputs
             image.parent.mkdir(exist_ok=True)
@@ -316,6 +371,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
             print("\n## Whole `medfcn infer` of one case (wall s incl. startup of the model; peak RSS GiB)\n")
             print(_table(["size", "precision", "seconds", "peak RSS GiB", "status"], cli_rows))
+            for row in cli_rows:
+                if row[2] != "error":
+                    ok = float(row[2]) < 60 and float(row[3]) < 6
+                    target_rows.append(
+                        [f"medfcn infer {row[0]} {row[1]} < 60 s and < 6 GiB", f"{row[2]} s, {row[3]} GiB",
+                         "met" if ok else "NOT met"]
+                    )  # fmt: skip
+        if target_rows:
+            print("\n## Targets of issue 7 (from the figures above)\n")
+            print(_table(["target", "measured", "status"], target_rows))
     return 0
 
 

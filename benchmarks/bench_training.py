@@ -4,16 +4,19 @@ Part 1 (``throughput``): patches per second of one optimisation step (forward, D
 Adam step) on random patches of the bundle's ``patch_size``, batch ``--batch-size``, fp32 and bf16 autocast.
 Median over ``--steps`` steps after ``--warmup`` warm-up steps, both networks in the same process run.
 
-Part 2 (``budget``): trains both networks with the bundle's own training (``medfcn.engine.training.train``)
-for the same number of epochs on a synthetic liver dataset (``write_msd_dataset``), then scores each with
-``medfcn.engine.evaluation.evaluate`` on the held-out validation split (``split_datalist`` with the training
-seed: cases neither network saw). The UNet runs in a copy of the bundle whose ``network_def`` is
-replaced; everything else (preprocessing, patch sampling, loss, optimiser, epochs) is the bundle's.
+Part 2 (``budget``): trains both networks with the bundle's own training (``medfcn.engine.training.train``,
+fp32, validation every ``val_interval`` epochs and best-checkpoint selection included) on a synthetic liver
+dataset (``write_msd_dataset``, seed 0): the FCN and the UNet for the same ``--epochs``, then the FCN again
+for the UNet's wall time (epochs scaled by the measured time per epoch). Each trained bundle is scored with
+``medfcn.engine.evaluation.evaluate`` (Dice, HD95 on the source grid) on ``--test-cases`` phantoms of another
+seed: cases that neither trained a network nor chose its checkpoint. The UNet runs in a copy of the bundle
+whose ``network_def`` is replaced; everything else (preprocessing, patch sampling, loss, optimiser, epochs)
+is the bundle's.
 
 Usage:
     python benchmarks/bench_training.py                                 # both parts, default sizes
     python benchmarks/bench_training.py --parts throughput --steps 5    # quick
-    python benchmarks/bench_training.py --parts budget --epochs 20 --cases 16 --shape 96x96x64
+    python benchmarks/bench_training.py --parts budget --epochs 40 --cases 12 --shape 96x96x64 --patch 48x48x48
 """
 
 from __future__ import annotations
@@ -114,50 +117,83 @@ def throughput(
     return rows
 
 
+def _train_and_score(
+    bundle: Path,
+    name: str,
+    *,
+    epochs: int,
+    data: Path,
+    test_data: Path,
+    workdir: Path,
+    patch: tuple[int, int, int] | None,
+) -> tuple[float, list[Any]]:
+    """Train one network with the bundle's own training; score it on the unseen test phantoms."""
+    from medfcn.engine.evaluation import evaluate
+    from medfcn.engine.training import train
+
+    copy = workdir / f"bundle_{name}_{epochs}"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "logs", "runs", "mlruns"))
+    (copy / "models").mkdir(exist_ok=True)
+    if patch is not None:  # training and inference alike (medfcn.bundle.set_patch_size)
+        from medfcn.bundle import set_patch_size
+
+        set_patch_size(copy, patch)
+    if name == "unet":
+        cfg_path = copy / "configs" / "inference.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["network_def"] = UNET_DEF
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    t0 = time.perf_counter()
+    train(
+        copy, data_dir=data, epochs=epochs, device="cpu", seed=0, tracking=False, quiet=True,
+        overrides={"num_workers": 0},
+    )  # fmt: skip
+    train_s = time.perf_counter() - t0
+    # "all" on a dataset of other phantoms: cases that neither trained the network nor picked its checkpoint
+    result = evaluate(copy, test_data, split="all", device="cpu", seed=0, progress=False)
+    print(f"  {name}: trained {epochs} epochs in {train_s:.0f} s", file=sys.stderr, flush=True)
+    return train_s, list(result.summary)
+
+
 def budget(
     bundle: Path,
     *,
     epochs: int,
     cases: int,
+    test_cases: int,
     shape: tuple[int, int, int],
     workdir: Path,
     patch: tuple[int, int, int] | None = None,
-) -> list[list[str]]:
-    """Train FCN and UNet for the same epochs; held-out Dice/HD95 of each via medfcn's evaluate."""
+) -> tuple[list[list[str]], list[list[str]]]:
+    """FCN and UNet for the same epochs, then the FCN again for the UNet's wall time; held-out Dice/HD95.
+
+    Returns the table rows and the comparison rows (liver Dice and train time, FCN minus/over UNet).
+    """
     from medfcn.data.synthetic import write_msd_dataset
-    from medfcn.engine.evaluation import evaluate
-    from medfcn.engine.training import train
 
     data = write_msd_dataset(workdir / "Task03_Liver", num_train=cases, num_test=0, shape=shape, seed=0)
+    # Unseen phantoms (another seed), all labelled: scored with split="all"
+    test_data = write_msd_dataset(workdir / "Test", num_train=test_cases, num_test=0, shape=shape, seed=1)
+    kw: dict[str, Any] = {"data": data, "test_data": test_data, "workdir": workdir, "patch": patch}
+    runs: list[tuple[str, str, int, float, list[Any]]] = []
+    t_fcn, s_fcn = _train_and_score(bundle, "fcn", epochs=epochs, **kw)
+    runs.append(("fcn", "equal epochs", epochs, t_fcn, s_fcn))
+    t_unet, s_unet = _train_and_score(bundle, "unet", epochs=epochs, **kw)
+    runs.append(("unet", "equal epochs", epochs, t_unet, s_unet))
+    # The same wall time as the UNet: epochs scaled by the measured time per epoch (validation included)
+    equal_time_epochs = max(1, round(epochs * t_unet / t_fcn))
+    if equal_time_epochs != epochs:
+        t_eq, s_eq = _train_and_score(bundle, "fcn", epochs=equal_time_epochs, **kw)
+        runs.append(("fcn", "UNet's time", equal_time_epochs, t_eq, s_eq))
     rows = []
-    for name in ("fcn", "unet"):
-        copy = workdir / f"bundle_{name}"
-        shutil.copytree(
-            bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "logs", "runs", "mlruns")
-        )
-        (copy / "models").mkdir(exist_ok=True)
-        if patch is not None:  # training and inference alike (medfcn.bundle.set_patch_size)
-            from medfcn.bundle import set_patch_size
-
-            set_patch_size(copy, patch)
-        if name == "unet":
-            cfg_path = copy / "configs" / "inference.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["network_def"] = UNET_DEF
-            cfg_path.write_text(json.dumps(cfg, indent=2))
-        t0 = time.perf_counter()
-        train(
-            copy, data_dir=data, epochs=epochs, device="cpu", seed=0, tracking=False, quiet=True,
-            overrides={"num_workers": 0},
-        )  # fmt: skip
-        train_s = time.perf_counter() - t0
-        result = evaluate(copy, data, split="val", device="cpu", seed=0, progress=False)
-        for s in result.summary:
+    for name, label, n_epochs, secs, summary in runs:
+        for s in summary:
             rows.append(
                 [
                     name,
-                    str(epochs),
-                    f"{train_s:.0f}",
+                    label,
+                    str(n_epochs),
+                    f"{secs:.0f}",
                     s.class_name,
                     str(s.n),
                     f"{s.dice_mean:.3f} ± {s.dice_sd:.3f}",
@@ -165,8 +201,21 @@ def budget(
                     str(s.n_inf),
                 ]
             )
-        print(f"  {name}: trained {epochs} epochs in {train_s:.0f} s", file=sys.stderr, flush=True)
-    return rows
+
+    def liver(summary: list[Any]) -> float:
+        return float(next(s.dice_mean for s in summary if s.class_name == "liver"))
+
+    cmp_rows = []
+    for name, label, n_epochs, secs, summary in runs:
+        if name == "fcn":
+            cmp_rows.append(
+                [
+                    f"FCN {n_epochs} epochs ({label}) vs UNet {epochs} epochs",
+                    f"{t_unet / secs:.2f}x",
+                    f"{liver(summary) - liver(s_unet):+.3f}",
+                ]
+            )
+    return rows, cmp_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--epochs", type=int, default=10, help="budget part: epochs for each network")
-    p.add_argument("--cases", type=int, default=10, help="budget part: labelled synthetic cases")
+    p.add_argument("--cases", type=int, default=10, help="budget part: labelled synthetic training cases")
+    p.add_argument("--test-cases", type=int, default=6, help="budget part: unseen labelled phantoms scored")
     p.add_argument("--shape", default="64x64x48", help="budget part: synthetic volume shape XxYxZ")
-    p.add_argument("--patch", default=None, help="budget part: patch XxYxZ for both networks (default: the bundle's)")
+    p.add_argument(
+        "--patch", default=None, help="budget part: patch XxYxZ for both networks (default: the bundle's)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = args.bundle.resolve()
@@ -211,13 +263,21 @@ def main(argv: list[str] | None = None) -> int:
         shape = tuple(int(v) for v in args.shape.split("x"))
         with tempfile.TemporaryDirectory(prefix="medfcn-bench-train-") as tmp:
             patch = tuple(int(v) for v in args.patch.split("x")) if args.patch else None
-            rows = budget(
-                bundle, epochs=args.epochs, cases=args.cases, shape=shape, workdir=Path(tmp), patch=patch  # type: ignore[arg-type]
-            )
+            rows, cmp_rows = budget(
+                bundle, epochs=args.epochs, cases=args.cases, test_cases=args.test_cases, shape=shape,  # type: ignore[arg-type]
+                workdir=Path(tmp), patch=patch,
+            )  # fmt: skip
         print(
-            f"\n## Equal budget ({args.epochs} epochs, {args.cases} synthetic cases {args.shape}): held-out split\n"
+            f"\n## Training budget ({args.cases} synthetic training cases {args.shape}, scored on "
+            f"{args.test_cases} unseen phantoms)\n"
         )
-        print(_table(["net", "epochs", "train s", "class", "cases", "Dice", "HD95 mm", "HD95 inf"], rows))
+        print(
+            _table(
+                ["net", "budget", "epochs", "train s", "class", "cases", "Dice", "HD95 mm", "HD95 inf"], rows
+            )
+        )
+        print("\n## FCN against UNet (train-time ratio >1: the FCN trained faster; liver Dice difference)\n")
+        print(_table(["comparison", "UNet time / FCN time", "liver Dice FCN - UNet"], cmp_rows))
     return 0
 
 

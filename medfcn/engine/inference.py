@@ -68,6 +68,7 @@ __all__ = [
     "Prediction",
     "RunSummary",
     "Segmenter",
+    "cpu_has_bf16",
     "segment_folder",
 ]
 
@@ -111,6 +112,24 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     elif dev.type != "cpu":
         raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix units (AVX512-BF16 or AMX), where CPU bf16 autocast pays.
+
+    On such CPUs the liver FCN's network time halves under bf16 (``benchmarks/README.md``); on CPUs
+    without them oneDNN emulates bf16 and autocast is slower than fp32.
+    """
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers of torch >= 2.3; older torch: read the kernel's flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _amp_dtype(amp: AmpSetting, device: torch.device) -> torch.dtype | None:
@@ -339,6 +358,9 @@ class Segmenter:
             raise InputError(f"overlap must be in [0, 1), got {overlap}")
         self.device = _resolve_device(device)
         self.amp_dtype = _amp_dtype(amp, self.device)
+        if amp is None and self.device.type == "cpu" and cpu_has_bf16():
+            # fp32 stays the CPU default (the same numbers as `monai.bundle run` of the bundle), but say so
+            logger.info("this CPU has bf16 units: amp=True (--amp) runs the network about 2x faster")
         self.tta = bool(tta)
         self.keep_probabilities = keep_probabilities
 

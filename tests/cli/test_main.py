@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 import medfcn
 from medfcn.cli._common import EXIT_FAILED, user_errors
 from medfcn.cli.main import app
+from medfcn.engine.inference import cpu_has_bf16
 from medfcn.errors import InputError
 
 runner = CliRunner()
@@ -47,6 +49,16 @@ def test_info_reports_versions_and_devices() -> None:
     assert rows["monai"] == monai.__version__
     assert rows["torch"] == torch.__version__
     assert rows["cuda available"] == str(torch.cuda.is_available())
+    bf16_row = next(line for line in result.output.splitlines() if line.startswith("cpu bf16 units"))
+    assert ("yes" in bf16_row) == cpu_has_bf16()
+
+
+def test_cpu_bf16_detection_agrees_with_the_kernel_flags() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this OS")
+    flags = cpuinfo.read_text()
+    assert cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags or "amx_tile" in flags)
 
 
 def test_unknown_command_is_a_usage_error() -> None:

@@ -1,0 +1,49 @@
+"""The benchmark scripts run end to end on tiny inputs and print their tables (no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.xdist_group("benchmarks")
+def test_bench_inference_prints_ratio_and_target_tables_without_trained_weights() -> None:
+    out = _run(
+        "benchmarks/bench_inference.py", "--sizes", "40x36x24", "--repeats", "1", "--threads", "1",
+        "--modes", "net", "--precisions", "fp32", "bf16", "--no-infer-cli",
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| 40x36x24")]
+    # 2 nets x 2 precisions, every one measured (no "error" cell)
+    measured = [r for r in rows if "| net " in r and ("| fcn " in r or "| unet " in r)]
+    assert len(measured) == 4 and not any("error" in r for r in measured), out
+    assert "UNet / FCN time, fp32" in out and "fcn: fp32 / bf16 time" in out
+    assert "## Targets of issue 7" in out
+    assert out.count("FCN >= 1.5x faster than UNet") == 2
+    if not (REPO / "bundles" / "liver" / "models" / "model.pt").exists():
+        assert "seeded random weights" in out
+
+
+@pytest.mark.xdist_group("benchmarks")
+def test_bench_training_throughput_table() -> None:
+    out = _run(
+        "benchmarks/bench_training.py", "--parts", "throughput", "--steps", "1", "--warmup", "0",
+        "--precisions", "fp32", "--threads", "1",
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith(("| fcn ", "| unet "))]
+    assert len(rows) == 2
+    for row in rows:
+        patches_per_s = float(row.split("|")[6])
+        assert patches_per_s > 0

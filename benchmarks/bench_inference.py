@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                      "met" if a / b >= 2.0 else "NOT met"]
                 )  # fmt: skip
 
+        if args.infer_cli:
             size = args.infer_cli_size
             image = Path(tmp) / "cli_input" / f"cli_{_fmt_size(size)}.nii.gz"  # apart from the outputs
             image.parent.mkdir(exist_ok=True)

@@ -31,6 +31,7 @@ def test_bench_inference_prints_ratio_and_target_tables_without_trained_weights(
     assert len(measured) == 4 and not any("error" in r for r in measured), out
     assert "UNet / FCN time, fp32" in out and "fcn: fp32 / bf16 time" in out
     assert "## Targets of issue 7" in out
+    assert "## Whole `medfcn infer`" not in out  # --no-infer-cli
     assert out.count("FCN >= 1.5x faster than UNet") == 2
     if not (REPO / "bundles" / "liver" / "models" / "model.pt").exists():
         assert "seeded random weights" in out

@@ -16,10 +16,11 @@ On CUDA the output is stitched on the device for volumes up to ``cpu_thresh`` vo
 above it (MONAI ``SlidingWindowInferer(sw_device=..., device=..., cpu_thresh=...)``), so a 512×512×600
 CT needs GPU memory for one window batch only; ``buffer_steps`` trades GPU memory for fewer transfers.
 Host memory peaks while ``post_invert`` resamples the class probabilities back to the source grid
-(MONAI resamples in the ``dtype`` of the bundle's ``Spacingd``, float64 by default): measured for the
-liver bundle on CPU, a whole 512×512×300 case peaks at 6.8 GiB and a 512×512×600 one at 13.0 GiB
-(``benchmarks/README.md``); with ``Spacingd(dtype=float32)`` the inversion's peak drops from 6.8 to 4.2
-GiB for 512×512×300.
+(MONAI resamples in the ``dtype`` of the bundle's ``Spacingd``; the liver bundle asks for float32, MONAI's
+default is float64): measured for the liver bundle on CPU, a whole 512×512×300 case through ``medfcn infer``
+peaks at 4.4 GiB and takes about 30 s on 2 cores (``benchmarks/README.md``). The argmax is the bundle's
+``post_discrete`` (``medfcn.data.transforms.FastAsDiscreted`` in the liver bundle: MONAI's ``torch.argmax``
+over the channel dimension alone took 12 s of such a case).
 
 :func:`segment_folder` runs a whole folder: discovery (:func:`medfcn.data.discovery.find_cases`), a
 background thread that loads the next case while the current one is computed, per-case outputs written

@@ -78,6 +78,28 @@ def test_preprocessing_network_and_patch_are_defined_once() -> None:
     assert "CropForegroundd" in targets
 
 
+def test_every_postprocessing_argmax_is_the_fast_one_and_equals_monai() -> None:
+    """The bundle's argmax steps are FastAsDiscreted (MONAI's own argmax takes seconds on a whole CT)."""
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    from medfcn.data.transforms import FastAsDiscreted
+
+    for name in ("inference.json", "train.json", "evaluate.json"):
+        text = (LIVER / "configs" / name).read_text(encoding="utf-8")
+        assert '"AsDiscreted"' not in text, f"{name} still uses MONAI's slow AsDiscreted argmax"
+    parser = ConfigParser()
+    parser.read_config(str(LIVER / "configs" / "inference.json"))
+    post = parser.get_parsed_content("post_discrete")
+    assert isinstance(post, FastAsDiscreted)
+    probs = MetaTensor(torch.rand(3, 23, 19, 17, generator=torch.Generator().manual_seed(0)))
+    probs = probs / probs.sum(0, keepdim=True)
+    ref = AsDiscreted(keys="pred", argmax=True)({"pred": probs})["pred"]
+    out = post({"pred": probs})["pred"]
+    assert out.shape == (1, 23, 19, 17) and torch.equal(out, ref)
+
+
 def test_train_config_resolves_to_the_inference_preprocessing(tmp_path: Path, synthetic_dataset: Path) -> None:
     from monai.bundle import ConfigParser
     from monai.transforms import Spacingd

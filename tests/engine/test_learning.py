@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _liver_support import copy_liver_bundle
 
-EPOCHS = 80
+EPOCHS = 50
 SHAPE = (96, 96, 64)  # at 1.5 x 1.5 x 2 mm, smaller phantoms leave too few voxels per organ for Dice 0.8
 
 

@@ -18,7 +18,7 @@ CT needs GPU memory for one window batch only; ``buffer_steps`` trades GPU memor
 Host memory peaks while ``post_invert`` resamples the class probabilities back to the source grid
 (MONAI resamples in the ``dtype`` of the bundle's ``Spacingd``; the liver bundle asks for float32, MONAI's
 default is float64): measured for the liver bundle on CPU, a whole 512×512×300 case through ``medfcn infer``
-peaks at 4.2–4.4 GiB and takes 30–37 s on 2 cores (``benchmarks/README.md``). The argmax is the bundle's
+peaks at 4.1–5.4 GiB and takes 30–37 s on 2 cores (``benchmarks/README.md``). The argmax is the bundle's
 ``post_discrete`` (``medfcn.data.transforms.FastAsDiscreted`` in the liver bundle: MONAI's ``torch.argmax``
 over the channel dimension alone took 12 s of such a case).
 

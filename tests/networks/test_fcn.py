@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
+from torch import nn
 from torch.nn import functional as F
 
 from medfcn.networks import FCN, FCNDecoder, FCNEncoder, upsampling_weight
@@ -339,3 +340,102 @@ def test_parameter_count_is_dominated_by_the_deep_stages() -> None:
     decoder = sum(p.numel() for p in net.decoder.parameters())
     assert decoder < 0.01 * total
     assert math.isclose(total, 9.36e6, rel_tol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "factor"),
+    [(3, (2, 2, 2)), (3, (2, 2, 1)), (3, (3, 1, 2)), (3, (1, 1, 1)), (2, (2, 2)), (2, (4, 1)), (2, (3, 3))],
+)
+def test_subpixel_forward_equals_the_transposed_convolution(
+    spatial_dims: int, factor: tuple[int, ...]
+) -> None:
+    """ScoreUpsample computes its transposed convolution as a sub-pixel convolution: same values, same
+    gradients (input and weight), for every factor, including 1 and anisotropic ones."""
+    up = ScoreUpsample(spatial_dims, 3, 4, factor, init="default").double()
+    x = _x(2, 3, *[7, 6, 5][:spatial_dims]).double().requires_grad_(True)
+    size = [
+        s * f - 1 for s, f in zip(x.shape[2:], factor, strict=True)
+    ]  # the crop of match_size is exercised too
+    ref = match_size(up.conv(x), size)
+    out = up(x, size)
+    assert out.shape == ref.shape == (2, 4, *size)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    g_ref = torch.autograd.grad((ref * ref.detach()).sum(), [x, up.conv.weight])
+    g_out = torch.autograd.grad((out * ref.detach()).sum(), [x, up.conv.weight])
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_subpixel_upsample_scripts_keeps_the_state_dict_and_agrees_under_bf16_autocast() -> None:
+    up = ScoreUpsample(3, 3, 3, (2, 2, 2), init="bilinear").eval()
+    assert list(up.state_dict()) == ["conv.weight"]  # checkpoints of the transposed conv load unchanged
+    x = _x(1, 3, 5, 6, 7)
+    scripted = torch.jit.script(up)
+    with torch.no_grad():
+        ref = match_size(up.conv(x), [10, 12, 13])
+        torch.testing.assert_close(scripted(x, [10, 12, 13]), ref, atol=1e-6, rtol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = up(x, [10, 12, 13])
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_instance_norm_equals_torch_instance_norm_in_values_and_gradients(
+    spatial_dims: int, affine: bool
+) -> None:
+    from medfcn.networks.fcn import InstanceNorm
+
+    ref = (nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d)(5, eps=1e-4, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            ref.weight.normal_()
+            ref.bias.normal_()
+    fast = InstanceNorm.from_instance_norm(ref).double()
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    x = (_x(3, 5, *[9, 7, 6][:spatial_dims]) * 4 + 3).double().requires_grad_(True)
+    for mode in (True, False):
+        fast.train(mode)
+        ref.train(mode)
+        a, b = fast(x), ref(x)
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        params = [x, *([ref.weight, ref.bias] if affine else [])]
+        fparams = [x, *([fast.weight, fast.bias] if affine else [])]
+        for ga, gb in zip(
+            torch.autograd.grad((a * b.detach()).sum(), fparams),
+            torch.autograd.grad((b * b.detach()).sum(), params),
+            strict=True,
+        ):
+            torch.testing.assert_close(ga, gb, atol=1e-9, rtol=1e-9)
+    fast.train()
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        fast(torch.zeros(2, 5, *[1] * spatial_dims, dtype=torch.float64))
+
+
+def test_fcn_uses_the_fast_instance_norm_and_loads_torch_instance_norm_checkpoints() -> None:
+    """A network whose norms are torch's InstanceNorm3d (e.g. a checkpoint of bundle 0.2.0) has the same
+    state-dict keys and shapes; loaded into the FCN it gives the same logits."""
+    from medfcn.networks.fcn import InstanceNorm, use_fast_instance_norm
+
+    net = FCN(3, 1, 3, **SMALL).eval()
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(isinstance(m, InstanceNorm) for m in norms)
+    assert not any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in net.modules())
+    # a MONAI UNet with instance norm: swapping keeps its keys, shapes and outputs
+    from monai.networks.nets import UNet
+
+    unet = UNet(3, 1, 2, (4, 8, 16), (2, 2), norm=("instance", {"affine": True})).eval()
+    with torch.no_grad():
+        for m in unet.modules():
+            if isinstance(m, nn.InstanceNorm3d):
+                m.weight.normal_()
+                m.bias.normal_()
+    x = _x(1, 1, 20, 16, 12)
+    with torch.no_grad():
+        before = unet(x)
+        keys = {k: v.shape for k, v in unet.state_dict().items()}
+        use_fast_instance_norm(unet)
+        assert {k: v.shape for k, v in unet.state_dict().items()} == keys
+        assert any(isinstance(m, InstanceNorm) for m in unet.modules())
+        torch.testing.assert_close(unet(x), before, atol=1e-5, rtol=1e-5)

@@ -99,3 +99,52 @@ def test_shape_mismatch_is_an_error() -> None:
         case_stats(label, np.eye(4), class_names=CLASSES, probabilities=np.zeros((3, 4, 4, 5)))
     with pytest.raises(ValueError, match=r"\(X, Y, Z\)"):
         case_stats(np.zeros((4, 4)), np.eye(4), class_names=CLASSES)
+
+
+def _entropy_reference(probs: np.ndarray, where: np.ndarray) -> float:
+    """The textbook formula in float64 numpy (0 log 0 = 0), for comparison."""
+    p = probs[:, where].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(p), 0.0)
+    return float(terms.sum(axis=0).mean() / np.log(probs.shape[0]))
+
+
+@pytest.mark.parametrize("slab", [1, 3, 8, 64])
+def test_normalised_entropy_matches_the_formula_over_slabs(slab: int) -> None:
+    """Slabs of the first axis (17 planes: none of the slab sizes divides it), exact zeros and ones."""
+    from medfcn.engine.stats import _normalised_entropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 17, 9, 11)) * 3
+    probs = (np.exp(logits) / np.exp(logits).sum(0, keepdims=True)).astype(np.float32)
+    probs[:, 0, 0, 0] = (1.0, 0.0, 0.0)  # a certain voxel: entropy 0, no NaN from log(0)
+    probs[:, 1, 0, 0] = 1.0 / 3  # a uniform voxel: normalised entropy 1
+    where = rng.random((17, 9, 11)) < 0.3
+    where[0, 0, 0] = where[1, 0, 0] = True
+    got = _normalised_entropy(probs, where, slab=slab)
+    assert got == pytest.approx(_entropy_reference(probs, where), rel=1e-6)
+    only_certain = np.zeros_like(where)
+    only_certain[0, 0, 0] = True
+    assert _normalised_entropy(probs, only_certain, slab=slab) == pytest.approx(0.0, abs=1e-7)
+    only_uniform = np.zeros_like(where)
+    only_uniform[1, 0, 0] = True
+    assert _normalised_entropy(probs, only_uniform, slab=slab) == pytest.approx(1.0, rel=1e-6)
+    assert _normalised_entropy(probs, np.zeros_like(where), slab=slab) is None
+    assert _normalised_entropy(probs[:1], where, slab=slab) is None  # one channel: no entropy
+
+
+def test_largest_component_fraction_of_components_touching_the_borders() -> None:
+    """The components are labelled inside the mask's bounding box: components on the volume's edges and
+    corners (where the box is the whole volume on some axes) are counted right."""
+    from medfcn.engine.stats import _largest_component_fraction
+
+    mask = np.zeros((20, 15, 12), bool)
+    mask[0:4, 0:3, 0:2] = True  # 24 voxels at the origin corner
+    mask[19, 14, 11] = True  # 1 voxel at the far corner
+    mask[10:12, 5:8, 11] = True  # 6 voxels on the last plane
+    assert _largest_component_fraction(mask) == pytest.approx(24 / 31)
+    inner = np.zeros((20, 15, 12), bool)
+    inner[5:9, 6:8, 3:4] = True
+    inner[8, 8, 4] = True  # diagonal neighbour: 26-connected, one component
+    assert _largest_component_fraction(inner) == 1.0
+    assert _largest_component_fraction(np.zeros((4, 4, 4), bool)) is None

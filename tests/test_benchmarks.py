@@ -48,3 +48,20 @@ def test_bench_training_throughput_table() -> None:
     for row in rows:
         patches_per_s = float(row.split("|")[6])
         assert patches_per_s > 0
+
+
+@pytest.mark.xdist_group("benchmarks")
+def test_bench_bf16_times_every_convolution_of_the_bundle_network() -> None:
+    out = _run(
+        "benchmarks/bench_bf16.py", "--patch", "40x40x40", "--batch", "1", "--repeats", "1",
+        "--warmup", "0", "--threads", "1",
+    )  # fmt: skip
+    layers = [line for line in out.splitlines() if line.startswith(("| encoder.", "| decoder."))]
+    # bundle 0.2.x: 21 encoder convolutions (with residual paths), 4 fusion steps x (mix, head), the
+    # deepest score head, 5 sub-pixel upsamplings
+    assert len(layers) == 21 + 8 + 1 + 5, out
+    assert sum("sub-pixel conv 3->24" in line for line in layers) == 5
+    for line in layers:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[5].endswith("x")
+    assert "whole network forward" in out and "amx_bf16" in out

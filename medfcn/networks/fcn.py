@@ -159,7 +159,8 @@ class InstanceNorm(nn.GroupNorm):
     ``InstanceNormNd`` as ``batch_norm`` on a ``(1, B * C, ...)`` view, which on CPU is several times slower
     than the ``group_norm`` kernel (2 x 12 x 48³ fp32: about 2.5 ms vs 0.5 ms on the benchmark CPU; the
     whole bundle network about 8 % faster in fp32). As ``InstanceNormNd`` it refuses a single spatial
-    element in training, where the variance would be zero.
+    element (in training and in eval mode: the variance would be zero), where ``GroupNorm`` would refuse
+    it only for a batch of one.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False) -> None:
@@ -177,14 +178,13 @@ class InstanceNorm(nn.GroupNorm):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            spatial = 1
-            for n in x.shape[2:]:
-                spatial *= n
-            if spatial == 1:
-                raise ValueError(
-                    f"Expected more than 1 spatial element when training, got input size {list(x.shape)}"
-                )
+        spatial = 1
+        for n in x.shape[2:]:
+            spatial *= n
+        if spatial == 1:  # torch's InstanceNormNd refuses it in eval mode too (and says "when training")
+            raise ValueError(
+                f"Expected more than 1 spatial element when training, got input size {list(x.shape)}"
+            )
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 

@@ -408,9 +408,15 @@ def test_instance_norm_equals_torch_instance_norm_in_values_and_gradients(
             strict=True,
         ):
             torch.testing.assert_close(ga, gb, atol=1e-9, rtol=1e-9)
-    fast.train()
-    with pytest.raises(ValueError, match="more than 1 spatial element"):
-        fast(torch.zeros(2, 5, *[1] * spatial_dims, dtype=torch.float64))
+    for mode in (True, False):  # torch refuses one spatial element in both modes, any batch size
+        fast.train(mode)
+        ref.train(mode)
+        for batch in (1, 2):
+            one = torch.zeros(batch, 5, *[1] * spatial_dims, dtype=torch.float64)
+            with pytest.raises(ValueError, match="more than 1 spatial element"):
+                ref(one)
+            with pytest.raises(ValueError, match="more than 1 spatial element"):
+                fast(one)
 
 
 def test_fcn_uses_the_fast_instance_norm_and_loads_torch_instance_norm_checkpoints() -> None:

@@ -1,0 +1,246 @@
+"""Where bf16 autocast gains on this CPU: every convolution of the bundle network, fp32 vs bf16, one by one.
+
+Usage::
+
+    python benchmarks/bench_bf16.py                       # bundles/liver network, batch 2 of 96³, CPU
+    python benchmarks/bench_bf16.py --repeats 20 --batch 2 --patch 96x96x96
+
+The bundle's ``network_def`` runs once on a ``--batch`` of ``--patch`` patches (the sliding-window batch)
+with forward hooks that record the input shape of every ``ConvNd`` / ``ConvTransposeNd`` and of every
+``F.conv`` call made by :class:`~medfcn.networks.fcn.ScoreUpsample` (its sub-pixel convolution). Each
+distinct (layer, input shape) is then timed alone: ``--repeats`` calls after ``--warmup``, median, in fp32
+and under ``torch.autocast("cpu", torch.bfloat16)``, interleaved, under ``torch.inference_mode()``. The
+table gives ms per call, GFLOP/s (2 x MACs of the convolution) and the fp32 / bf16 ratio, weighted to
+the layer's share of the network. The last rows time the whole network the same way.
+
+Why it exists: the bf16 speed-up of the whole network is bounded by what oneDNN's bf16 kernels gain over
+its fp32 kernels on the CPU at hand. With AMX (Sapphire Rapids and later) bf16 convolutions run several
+times faster than fp32; with AVX512-BF16 alone (``vdpbf16ps``: two bf16 products per fp32 lane) about
+2x at best. The CPU flags are printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["main"]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = REPO / "bundles" / "liver"
+
+
+def _parse_size(text: str) -> tuple[int, ...]:
+    parts = tuple(int(v) for v in text.lower().split("x"))
+    if min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must be XxYxZ, got {text!r}")
+    return parts
+
+
+def _cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    wanted = ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"]
+    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def _network(bundle: Path) -> nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    torch.manual_seed(0)
+    return parser.get_parsed_content("network_def", lazy=False).eval()
+
+
+def _conv_calls(net: nn.Module, x: torch.Tensor) -> list[tuple[str, Callable[[], Any], float]]:
+    """(description, call, MACs) of every convolution the network runs on ``x``, in call order."""
+    calls: list[tuple[str, Callable[[], Any], float]] = []
+    hooks = []
+
+    def record(name: str, module: nn.Module) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            inp = args[0].detach().clone()
+            w = mod.weight
+            k = w.shape[2:].numel()
+            cin = w.shape[0] if isinstance(mod, nn.modules.conv._ConvTransposeNd) else w.shape[1]
+            # transposed: every input voxel scatters to k outputs per output channel
+            per_voxel = inp.shape[2:].numel() if isinstance(mod, nn.modules.conv._ConvTransposeNd) else None
+            cout = w.shape[1] if per_voxel is not None else w.shape[0]
+            voxels = per_voxel if per_voxel is not None else out.shape[2:].numel()
+            macs = float(inp.shape[0] * voxels * cin * cout * k)
+            kind = "convT" if per_voxel is not None else "conv"
+            calls.append(
+                (
+                    f"{name} {kind} {cin}->{cout} k{tuple(w.shape[2:])} in {tuple(inp.shape)}",
+                    lambda: mod(inp),
+                    macs,
+                )
+            )
+
+        return hook
+
+    for name, module in net.named_modules():
+        if (
+            isinstance(module, (nn.modules.conv._ConvNd,))
+            and not name.endswith(".up.conv")
+            and not name.endswith("final.conv")
+        ):
+            hooks.append(module.register_forward_hook(record(name, module)))
+
+    from medfcn.networks.fcn import ScoreUpsample
+
+    def record_up(name: str) -> Callable[..., None]:
+        def hook(mod: ScoreUpsample, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            inp = args[0].detach().clone()
+            padded = F.pad(inp, mod.input_pad)
+            weight = mod.subpixel_weight().detach()
+            conv = F.conv3d if mod.spatial_dims == 3 else F.conv2d
+            macs = float(inp.shape[0] * inp.shape[2:].numel() * weight.shape[0] * weight.shape[1:].numel())
+            calls.append(
+                (
+                    f"{name} sub-pixel conv {weight.shape[1]}->{weight.shape[0]} k{tuple(weight.shape[2:])} in {tuple(inp.shape)}",
+                    lambda: conv(padded, weight),
+                    macs,
+                )
+            )
+
+        return hook
+
+    for name, module in net.named_modules():
+        if isinstance(module, ScoreUpsample):
+            hooks.append(module.register_forward_hook(record_up(name)))
+    with torch.inference_mode():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return calls
+
+
+def _time(fn: Callable[[], Any], bf16: bool, warmup: int, repeats: int) -> list[float]:
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(warmup):
+            fn()
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle (default bundles/liver)")
+    p.add_argument("--patch", type=_parse_size, default=(96, 96, 96), help="patch size (the roi)")
+    p.add_argument("--batch", type=int, default=2, help="patches per call (the sw_batch_size)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--top", type=int, default=0, help="print only the N most expensive layers (0: all)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    print(f"# bench_bf16 {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, threads={args.threads}, "
+        f"torch {torch.__version__}; CPU flags: {_cpu_flags()}"
+    )
+    print(
+        f"# command: python benchmarks/bench_bf16.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+    )
+    net = _network(args.bundle)
+    x = torch.randn(args.batch, 1, *args.patch, generator=torch.Generator().manual_seed(0))
+    calls = _conv_calls(net, x)
+    measured = []
+    for desc, fn, macs in calls:
+        fp32: list[float] = []
+        bf16: list[float] = []
+        for _ in range(2):  # interleaved halves: a burst of load hits both precisions
+            fp32 += _time(fn, False, args.warmup, (args.repeats + 1) // 2)
+            bf16 += _time(fn, True, args.warmup, (args.repeats + 1) // 2)
+        measured.append((desc, statistics.median(fp32), statistics.median(bf16), macs))
+    total32 = sum(m[1] for m in measured)
+    total16 = sum(m[2] for m in measured)
+    order = sorted(measured, key=lambda m: -m[1])
+    if args.top:
+        order = order[: args.top]
+    rows = [
+        [
+            desc,
+            f"{t32 * 1e3:.2f}",
+            f"{t16 * 1e3:.2f}",
+            f"{2 * macs / t32 / 1e9:.0f}",
+            f"{2 * macs / t16 / 1e9:.0f}",
+            f"{t32 / t16:.2f}x",
+            f"{100 * t32 / total32:.1f}",
+        ]
+        for desc, t32, t16, macs in order
+    ]
+    print(
+        f"\n## Convolutions of the bundle network, batch {args.batch} x {'x'.join(map(str, args.patch))} (median ms per call)\n"
+    )
+    print(
+        _table(
+            [
+                "layer",
+                "fp32 ms",
+                "bf16 ms",
+                "fp32 GFLOP/s",
+                "bf16 GFLOP/s",
+                "fp32 / bf16",
+                "% of fp32 conv time",
+            ],
+            rows,
+        )
+    )
+    whole32: list[float] = []
+    whole16: list[float] = []
+    for _ in range(2):
+        whole32 += _time(lambda: net(x), False, args.warmup, (args.repeats + 1) // 2)
+        whole16 += _time(lambda: net(x), True, args.warmup, (args.repeats + 1) // 2)
+    w32, w16 = statistics.median(whole32), statistics.median(whole16)
+    best = max(m[1] / m[2] for m in measured)
+    print("\n## Summary\n")
+    print(
+        _table(
+            ["what", "fp32 ms", "bf16 ms", "fp32 / bf16"],
+            [
+                [
+                    "sum of the convolutions, each alone",
+                    f"{total32 * 1e3:.1f}",
+                    f"{total16 * 1e3:.1f}",
+                    f"{total32 / total16:.2f}x",
+                ],
+                ["whole network forward", f"{w32 * 1e3:.1f}", f"{w16 * 1e3:.1f}", f"{w32 / w16:.2f}x"],
+                ["best single convolution", "", "", f"{best:.2f}x"],
+            ],
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -85,23 +85,11 @@ def _seeded_copy(bundle: Path, dest: Path) -> Path:
 
     Speed and memory do not depend on weight values, so the benchmark needs no training run.
     """
-    import shutil
+    from medfcn.bundle import copy_bundle, save_random_weights
 
-    import torch
-    from monai.bundle import ConfigParser
-
-    shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns("models", "runs", "eval", "mlruns", "logs"))
-    (dest / "models").mkdir()
-    parser = ConfigParser()
-    parser.read_config(str(dest / "configs" / "inference.json"))
-    torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def", lazy=False)
-    torch.save(net.state_dict(), dest / "models" / "model.pt")
+    copy_bundle(bundle, dest)
+    save_random_weights(dest, seed=0)
     return dest
-
-
-def _has_weights(bundle: Path) -> bool:
-    return (bundle / "models" / "model.pt").is_file() or (bundle / "models" / "model.ts").is_file()
 
 
 def _unet() -> Any:
@@ -235,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     import monai
     import torch
 
+    from medfcn.bundle import load_bundle
     from medfcn.engine.inference import cpu_has_bf16
 
     print(f"# bench_inference {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
@@ -248,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="medfcn-bench-") as tmp:
         source = args.bundle.resolve()
-        if _has_weights(source):
+        if load_bundle(source).trained:
             bundle = str(source)
             print(f"# bundle {bundle}")
         else:

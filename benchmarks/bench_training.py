@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -128,12 +127,12 @@ def _train_and_score(
     patch: tuple[int, int, int] | None,
 ) -> tuple[float, list[Any]]:
     """Train one network with the bundle's own training; score it on the unseen test phantoms."""
+    from medfcn.bundle import copy_bundle
     from medfcn.engine.evaluation import evaluate
     from medfcn.engine.training import train
 
     copy = workdir / f"bundle_{name}_{epochs}"
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "logs", "runs", "mlruns"))
-    (copy / "models").mkdir(exist_ok=True)
+    copy_bundle(bundle, copy)
     if patch is not None:  # training and inference alike (medfcn.bundle.set_patch_size)
         from medfcn.bundle import set_patch_size
 

@@ -78,7 +78,7 @@ def run_demo(
     """
     from monai.utils import path_to_sqlite_uri
 
-    from medfcn.bundle import set_patch_size
+    from medfcn.bundle import copy_bundle, set_patch_size
     from medfcn.data.synthetic import write_msd_dataset
     from medfcn.engine.inference import segment_folder
     from medfcn.engine.training import train
@@ -97,8 +97,7 @@ def run_demo(
     work = out / "bundle"
     if work.exists():
         shutil.rmtree(work)
-    shutil.copytree(source, work, ignore=shutil.ignore_patterns("models", "runs", "eval", "logs", "__pycache__"))
-    (work / "models").mkdir()
+    copy_bundle(source, work)
     set_patch_size(work, patch_size)  # training and inference alike
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or path_to_sqlite_uri(str(out / "mlflow.db"))
     trained = train(

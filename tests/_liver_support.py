@@ -14,14 +14,9 @@ TINY_TRAINING = {"num_workers": 0, "num_samples": 2}
 def copy_liver_bundle(dest: Path, patch_size: tuple[int, int, int] | None = TINY_PATCH) -> Path:
     """A writable copy of ``bundles/liver`` without weights or run folders, with a smaller patch (training
     and inference alike) unless ``patch_size`` is None."""
-    import shutil
+    from medfcn.bundle import copy_bundle, set_patch_size
 
-    from medfcn.bundle import set_patch_size
-
-    shutil.copytree(
-        LIVER_BUNDLE, dest, ignore=shutil.ignore_patterns("models", "runs", "eval", "logs", "mlruns", "__pycache__")
-    )
-    (dest / "models").mkdir()
+    copy_bundle(LIVER_BUNDLE, dest)
     if patch_size is not None:
         set_patch_size(dest, patch_size)
     return dest

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medfcn._io import atomic_write_json
+from medfcn._io import atomic_write, atomic_write_json
 from medfcn.errors import BundleError
 
-__all__ = ["Bundle", "load_bundle", "set_patch_size"]
+__all__ = ["RUN_OUTPUTS", "Bundle", "copy_bundle", "load_bundle", "save_random_weights", "set_patch_size"]
+
+RUN_OUTPUTS = ("runs", "eval", "logs", "mlruns", "__pycache__")
+"""Folders that runs of a bundle create inside it (checkpoints, evaluations, logs, a local MLflow store)."""
 
 _CONFIGS = ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
 
@@ -113,3 +116,54 @@ def set_patch_size(path: str | os.PathLike[str], patch_size: tuple[int, ...] | l
                 tensor["spatial_shape"] = patch
     atomic_write_json(infer_file, config, indent=4)
     atomic_write_json(bundle.root / "configs" / "metadata.json", meta, indent=4)
+
+
+def copy_bundle(
+    source: str | os.PathLike[str], dest: str | os.PathLike[str], *, weights: bool = False
+) -> Path:
+    """Copy a bundle folder to ``dest`` (which must not exist) without what runs left in it.
+
+    The configs, metadata, docs and any other files are copied; the :data:`RUN_OUTPUTS` folders are not,
+    and ``models/`` is copied only with ``weights=True`` (otherwise it is created empty, ready for a
+    training run). The source is only read.
+
+    Returns:
+        ``dest`` as a ``Path``.
+
+    Raises:
+        BundleError: ``source`` is not a bundle.
+    """
+    import shutil
+
+    src = load_bundle(source).root
+    out = Path(dest)
+    skip = RUN_OUTPUTS if weights else (*RUN_OUTPUTS, "models")
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns(*skip))
+    (out / "models").mkdir(exist_ok=True)
+    return out
+
+
+def save_random_weights(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write ``models/model.pt`` with the seeded random initial weights of the bundle's ``network_def``.
+
+    For what does not depend on weight values: speed and memory benchmarks, and tests of the plumbing
+    (loading, sliding window, inversion, outputs). A bundle with such weights segments nothing useful.
+
+    Returns:
+        The path of the written ``model.pt``.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    bundle = load_bundle(path)
+    parser = ConfigParser()
+    parser.read_meta(str(bundle.root / "configs" / "metadata.json"))
+    parser.read_config(str(bundle.configs["inference.json"]))
+    parser["bundle_root"] = str(bundle.root)
+    parser["device"] = "$torch.device('cpu')"
+    torch.manual_seed(seed)
+    net = parser.get_parsed_content("network_def", lazy=False)
+    target = bundle.root / "models" / "model.pt"
+    target.parent.mkdir(exist_ok=True)
+    atomic_write(target, lambda tmp: torch.save(net.state_dict(), tmp))
+    return target

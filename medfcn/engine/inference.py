@@ -18,7 +18,7 @@ CT needs GPU memory for one window batch only; ``buffer_steps`` trades GPU memor
 Host memory peaks while ``post_invert`` resamples the class probabilities back to the source grid
 (MONAI resamples in the ``dtype`` of the bundle's ``Spacingd``; the liver bundle asks for float32, MONAI's
 default is float64): measured for the liver bundle on CPU, a whole 512×512×300 case through ``medfcn infer``
-peaks at 4.1–5.4 GiB and takes 30–37 s on 2 cores (``benchmarks/README.md``). The argmax is the bundle's
+peaks at about 4.2 GiB and takes 25–31 s on 2 cores (``benchmarks/README.md``). The argmax is the bundle's
 ``post_discrete`` (``medfcn.data.transforms.FastAsDiscreted`` in the liver bundle: MONAI's ``torch.argmax``
 over the channel dimension alone took 12 s of such a case).
 
@@ -856,7 +856,7 @@ def _write_case(
     affine = pred.affine
     label = pred.label[0].numpy()
     image = pred.image[0].numpy()
-    _save_nifti(case_dir / CASE_FILES["mask"], label.astype(np.uint8), affine)
+    _save_nifti(case_dir / CASE_FILES["mask"], label.astype(np.uint8, copy=False), affine)
     probs = pred.probabilities.numpy() if pred.probabilities is not None else None
     if save_probabilities and probs is not None:
         _save_nifti(

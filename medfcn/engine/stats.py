@@ -54,7 +54,9 @@ def _largest_component_fraction(mask: np.ndarray) -> float | None:
 
 def _projections(mask: np.ndarray) -> list[np.ndarray]:
     """``mask.any`` over all axes but one, for each axis (the bounding box of the true voxels)."""
-    return [mask.any(axis=tuple(d for d in range(mask.ndim) if d != axis)) for axis in range(mask.ndim)]
+    return [
+        np.asarray(mask.any(axis=tuple(d for d in range(mask.ndim) if d != axis))) for axis in range(mask.ndim)
+    ]
 
 
 def _normalised_entropy(probabilities: np.ndarray, where: np.ndarray, slab: int = 8) -> float | None:

@@ -256,7 +256,7 @@ class ScoreUpsample(nn.Module):
             self.conv.weight.requires_grad_(False)
         self.spatial_dims = int(spatial_dims)
         index, taps = _subpixel_index(self.factor)
-        self.register_buffer("subpixel_index", index, persistent=False)
+        self.subpixel_index = index  # a list of ints: no buffer, so nothing new in the state dict
         self.taps = taps
         self.n_phases = 1
         for f in self.factor:
@@ -277,7 +277,8 @@ class ScoreUpsample(nn.Module):
         """
         w = self.conv.weight
         cin, cout = w.shape[0], w.shape[1]
-        flat = F.pad(w, self.kernel_pad).flatten(2).index_select(2, self.subpixel_index)
+        index = torch.tensor(self.subpixel_index, dtype=torch.long, device=w.device)
+        flat = F.pad(w, self.kernel_pad).flatten(2).index_select(2, index)
         flat = flat.reshape(cin, cout, self.n_phases, -1).permute(1, 2, 0, 3)
         shape: list[int] = [cout * self.n_phases, cin]
         shape.extend(self.taps)
@@ -307,7 +308,7 @@ class ScoreUpsample(nn.Module):
         return match_size(y, size)
 
 
-def _subpixel_index(factor: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+def _subpixel_index(factor: Sequence[int]) -> tuple[list[int], list[int]]:
     """Gather index from a front-padded, flattened transposed kernel into the sub-pixel kernel layout.
 
     For stride ``f``, kernel ``2f - 1``, padding and output padding ``f - 1``, fine output ``f * m + r``
@@ -333,7 +334,7 @@ def _subpixel_index(factor: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
     for phase in itertools.product(*[range(f) for f in factor]):
         for tap in itertools.product(*[range(t) for t in taps]):
             index.append(sum(per_dim[d][phase[d]][tap[d]] * strides[d] for d in range(len(factor))))
-    return torch.tensor(index, dtype=torch.long), taps
+    return index, taps
 
 
 class FCNEncoder(nn.Module):

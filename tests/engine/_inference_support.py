@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,23 +50,12 @@ def window(segmenter: object) -> tuple[float, float]:
 
 def copy_bundle(dest: Path, *, weights: bool = True, seed: int = 0) -> Path:
     """Copy bundles/liver to ``dest`` (no models/outputs) and save random weights of its network_def."""
-    from monai.bundle import ConfigParser
+    from medfcn.bundle import copy_bundle as copy_without_weights
+    from medfcn.bundle import save_random_weights
 
-    shutil.copytree(
-        LIVER_BUNDLE,
-        dest,
-        ignore=shutil.ignore_patterns("models", "eval", "runs", "mlruns", "logs", "__pycache__"),
-    )
-    (dest / "models").mkdir(exist_ok=True)
+    copy_without_weights(LIVER_BUNDLE, dest)
     if weights:
-        parser = ConfigParser()
-        parser.read_meta(str(dest / "configs" / "metadata.json"))
-        parser.read_config(str(dest / "configs" / "inference.json"))
-        parser["bundle_root"] = str(dest)
-        parser["device"] = "$torch.device('cpu')"
-        torch.manual_seed(seed)
-        net = parser.get_parsed_content("network_def")
-        torch.save(net.state_dict(), dest / "models" / "model.pt")
+        save_random_weights(dest, seed=seed)
     return dest
 
 

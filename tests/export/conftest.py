@@ -6,7 +6,6 @@ initialisation under a fixed seed, so the tests run without waiting for training
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,10 @@ LIVER = REPO / "bundles" / "liver"
 
 def make_weighted_bundle(dest: Path, *, seed: int = 0) -> Path:
     """Copy ``bundles/liver`` (configs, docs) to ``dest`` and write ``models/model.pt`` from ``network_def``."""
-    import torch
-    from monai.bundle import ConfigParser
+    from medfcn.bundle import copy_bundle, save_random_weights
 
-    shutil.copytree(
-        LIVER, dest, ignore=shutil.ignore_patterns("*.pt", "*.ts", "*.onnx", "eval", "logs", "runs")
-    )
-    parser = ConfigParser()
-    parser.read_config(str(dest / "configs" / "inference.json"))
-    torch.manual_seed(seed)
-    net = parser.get_parsed_content("network_def", instantiate=True)
-    (dest / "models").mkdir(exist_ok=True)
-    torch.save(net.state_dict(), dest / "models" / "model.pt")
+    copy_bundle(LIVER, dest)
+    save_random_weights(dest, seed=seed)
     return dest
 
 

@@ -62,7 +62,8 @@ def infer(
             "--amp/--no-amp",
             help="Mixed precision (CUDA fp16/bf16, CPU bf16). Default: on for CUDA (faster, less memory), off "
             "for the CPU (fp32, as the bundle computes it). On CPUs with bf16 units (AVX512-BF16, AMX; see "
-            "medfcn info) --amp runs the network about 1.7x faster; on others bf16 is slower.",
+            "medfcn info) --amp runs the network faster (1.5-1.6x with AVX512-BF16 alone, more with AMX); on "
+            "others bf16 is slower.",
             show_default=False,
         ),
     ] = None,

@@ -69,6 +69,7 @@ __all__ = [
     "Prediction",
     "RunSummary",
     "Segmenter",
+    "cpu_bf16_units",
     "cpu_has_bf16",
     "segment_folder",
 ]
@@ -115,22 +116,31 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix units (AVX512-BF16 or AMX), where CPU bf16 autocast pays.
+def cpu_bf16_units() -> list[str]:
+    """The native bf16 units of this CPU: ``"AVX512-BF16"`` and/or ``"AMX"`` (empty: none).
 
-    On such CPUs bf16 cuts the liver FCN's network time by about 40 % (``benchmarks/README.md``); on CPUs
-    without them oneDNN emulates bf16 and autocast is slower than fp32.
+    AVX512-BF16 (``vdpbf16ps``) at most doubles the fp32 rate of a convolution: on the benchmark CPU the
+    liver FCN's convolutions gain 1.2-1.85x each and its sliding window 1.5-1.6x (``benchmarks/bench_bf16.py``).
+    AMX tiles (Intel Sapphire Rapids and later) run bf16 convolutions several times faster than fp32. Without
+    either, oneDNN emulates bf16 and autocast is slower than fp32.
     """
     import torch
 
     try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        avx = bool(torch.cpu._is_avx512_bf16_supported())
+        amx = bool(torch.cpu._is_amx_tile_supported())
     except AttributeError:  # private helpers of torch >= 2.3; older torch: read the kernel's flags
         try:
-            flags = Path("/proc/cpuinfo").read_text()
+            flags = set(Path("/proc/cpuinfo").read_text().split())
         except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+            return []
+        avx, amx = "avx512_bf16" in flags, "amx_bf16" in flags or "amx_tile" in flags
+    return [name for name, present in (("AVX512-BF16", avx), ("AMX", amx)) if present]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 units (AVX512-BF16 or AMX), where CPU bf16 autocast pays."""
+    return bool(cpu_bf16_units())
 
 
 def _amp_dtype(amp: AmpSetting, device: torch.device) -> torch.dtype | None:
@@ -361,7 +371,11 @@ class Segmenter:
         self.amp_dtype = _amp_dtype(amp, self.device)
         if amp is None and self.device.type == "cpu" and cpu_has_bf16():
             # fp32 stays the CPU default (the same numbers as `monai.bundle run` of the bundle), but say so
-            logger.info("this CPU has bf16 units: amp=True (--amp) runs the network about 1.7x faster")
+            logger.info(
+                "this CPU has bf16 units (%s): amp=True (--amp) runs the network faster (1.5-1.6x measured with "
+                "AVX512-BF16 alone, more with AMX)",
+                ", ".join(cpu_bf16_units()),
+            )
         self.tta = bool(tta)
         self.keep_probabilities = keep_probabilities
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import medfcn
 from medfcn.cli._common import EXIT_FAILED, user_errors
 from medfcn.cli.main import app
-from medfcn.engine.inference import cpu_has_bf16
+from medfcn.engine.inference import cpu_bf16_units, cpu_has_bf16
 from medfcn.errors import InputError
 
 runner = CliRunner()
@@ -51,6 +51,9 @@ def test_info_reports_versions_and_devices() -> None:
     assert rows["cuda available"] == str(torch.cuda.is_available())
     bf16_row = next(line for line in result.output.splitlines() if line.startswith("cpu bf16 units"))
     assert ("yes" in bf16_row) == cpu_has_bf16()
+    for unit in cpu_bf16_units():
+        assert unit in bf16_row
+    assert ("no AMX" in bf16_row) == (cpu_has_bf16() and "AMX" not in cpu_bf16_units())
 
 
 def test_cpu_bf16_detection_agrees_with_the_kernel_flags() -> None:
@@ -59,6 +62,9 @@ def test_cpu_bf16_detection_agrees_with_the_kernel_flags() -> None:
         pytest.skip("no /proc/cpuinfo on this OS")
     flags = cpuinfo.read_text()
     assert cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags or "amx_tile" in flags)
+    words = set(flags.split())
+    assert ("AVX512-BF16" in cpu_bf16_units()) == ("avx512_bf16" in words)
+    assert ("AMX" in cpu_bf16_units()) == bool(words & {"amx_bf16", "amx_tile"})
 
 
 def test_unknown_command_is_a_usage_error() -> None:

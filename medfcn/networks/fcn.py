@@ -178,14 +178,16 @@ class InstanceNorm(nn.GroupNorm):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = 1
-        for n in x.shape[2:]:
-            spatial *= n
-        if spatial == 1:  # torch's InstanceNormNd refuses it in eval mode too (and says "when training")
-            raise ValueError(
-                f"Expected more than 1 spatial element when training, got input size {list(x.shape)}"
-            )
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if not torch.jit.is_tracing():  # a trace (ONNX export) would freeze this shape check as a constant
+            spatial = 1
+            for n in x.shape[2:]:
+                spatial *= n
+            if spatial == 1:  # torch's InstanceNormNd refuses it in eval mode too (and says "when training")
+                raise ValueError(
+                    f"Expected more than 1 spatial element when training, got input size {list(x.shape)}"
+                )
+        # the aten op F.group_norm calls, without its batch-size check (a subset of the one above)
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
 
 
 def use_fast_instance_norm(module: nn.Module) -> nn.Module:
@@ -256,7 +258,8 @@ class ScoreUpsample(nn.Module):
             self.conv.weight.requires_grad_(False)
         self.spatial_dims = int(spatial_dims)
         index, taps = _subpixel_index(self.factor)
-        self.subpixel_index = index  # a list of ints: no buffer, so nothing new in the state dict
+        # not persistent: nothing new in the state dict; a buffer, so that a trace (ONNX) sees no torch.tensor
+        self.register_buffer("subpixel_index", torch.tensor(index, dtype=torch.long), persistent=False)
         self.taps = taps
         self.n_phases = 1
         for f in self.factor:
@@ -277,8 +280,8 @@ class ScoreUpsample(nn.Module):
         """
         w = self.conv.weight
         cin, cout = w.shape[0], w.shape[1]
-        index = torch.tensor(self.subpixel_index, dtype=torch.long, device=w.device)
-        flat = F.pad(w, self.kernel_pad).flatten(2).index_select(2, index)
+        index = self.subpixel_index
+        flat = F.pad(w, self.kernel_pad).flatten(2).index_select(2, index)  # type: ignore[arg-type]
         flat = flat.reshape(cin, cout, self.n_phases, -1).permute(1, 2, 0, 3)
         shape: list[int] = [cout * self.n_phases, cin]
         shape.extend(self.taps)

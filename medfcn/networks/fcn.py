@@ -39,6 +39,7 @@ __all__ = [
     "aligned_interpolate",
     "match_size",
     "upsampling_weight",
+    "use_fast_instance_norm",
 ]
 
 _FUSIONS = ("sum", "concat")

@@ -76,14 +76,12 @@ def _conv_calls(net: nn.Module, x: torch.Tensor) -> list[tuple[str, Callable[[],
         def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
             inp = args[0].detach().clone()
             w = mod.weight
-            k = w.shape[2:].numel()
-            cin = w.shape[0] if isinstance(mod, nn.modules.conv._ConvTransposeNd) else w.shape[1]
-            # transposed: every input voxel scatters to k outputs per output channel
-            per_voxel = inp.shape[2:].numel() if isinstance(mod, nn.modules.conv._ConvTransposeNd) else None
-            cout = w.shape[1] if per_voxel is not None else w.shape[0]
-            voxels = per_voxel if per_voxel is not None else out.shape[2:].numel()
-            macs = float(inp.shape[0] * voxels * cin * cout * k)
-            kind = "convT" if per_voxel is not None else "conv"
+            transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+            cin, cout = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
+            # a convolution gathers k inputs per output voxel; a transposed one scatters each input voxel
+            voxels = (inp if transposed else out).shape[2:].numel()
+            macs = float(inp.shape[0] * voxels * cin * cout * w.shape[2:].numel())
+            kind = "convT" if transposed else "conv"
             calls.append(
                 (
                     f"{name} {kind} {cin}->{cout} k{tuple(w.shape[2:])} in {tuple(inp.shape)}",
@@ -94,12 +92,8 @@ def _conv_calls(net: nn.Module, x: torch.Tensor) -> list[tuple[str, Callable[[],
 
         return hook
 
-    for name, module in net.named_modules():
-        if (
-            isinstance(module, (nn.modules.conv._ConvNd,))
-            and not name.endswith(".up.conv")
-            and not name.endswith("final.conv")
-        ):
+    for name, module in net.named_modules():  # ScoreUpsample never calls its .conv: recorded below
+        if isinstance(module, nn.modules.conv._ConvNd):
             hooks.append(module.register_forward_hook(record(name, module)))
 
     from medfcn.networks.fcn import ScoreUpsample

@@ -111,12 +111,12 @@ def info(
 
     units = cpu_bf16_units()
     if not units:
-        bf16 = "no (keep fp32)"
+        units_text = "no (keep fp32)"
     elif "AMX" in units:
-        bf16 = f"yes: {', '.join(units)} (--amp is much faster on the CPU)"
+        units_text = f"yes: {', '.join(units)} (--amp is much faster on the CPU)"
     else:
-        bf16 = f"yes: {', '.join(units)}, no AMX (--amp about 1.5x faster for the network)"
-    rows.append(("cpu bf16 units", bf16))
+        units_text = f"yes: {', '.join(units)}, no AMX (--amp about 1.5x faster for the network)"
+    rows.append(("cpu bf16 units", units_text))
     rows.append(("cpu threads", str(torch.get_num_threads())))
     for module, what in _OPTIONAL_PARTS.items():
         rows.append((f"{module} ({what})", _package_version(module)))

@@ -21,6 +21,7 @@ network spends its time in the encoder, whose first convolution already works at
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -262,9 +263,7 @@ class ScoreUpsample(nn.Module):
         # not persistent: nothing new in the state dict; a buffer, so that a trace (ONNX) sees no torch.tensor
         self.register_buffer("subpixel_index", torch.tensor(index, dtype=torch.long), persistent=False)
         self.taps = taps
-        self.n_phases = 1
-        for f in self.factor:
-            self.n_phases *= f
+        self.n_phases = math.prod(self.factor)
         # F.pad lists the last dim first: one zero at the front of every kernel dim, and T - 1 zeros
         # after every spatial dim of the input (the sub-pixel kernel reads x[m] and x[m + 1])
         self.kernel_pad = [1, 0] * self.spatial_dims

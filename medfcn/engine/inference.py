@@ -87,7 +87,6 @@ CASE_FILES = {
 """File names inside ``<output>/<case-id>/``; ``done.json`` is written last and marks a complete case."""
 
 _LIST_SUFFIXES = {".txt", ".lst", ".list"}
-_REQUIRED_IDS = ("preprocessing", "inferer", "post_activation", "post_invert", "post_discrete")
 AmpSetting = bool | Literal["fp16", "bf16"] | None
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -297,17 +296,6 @@ def _fill_background(probs: torch.Tensor) -> torch.Tensor:
     return probs
 
 
-def _as_state_dict(obj: Any, path: Path) -> dict[str, Any]:
-    import torch
-
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj)
-    for key in ("model", "network", "state_dict"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            return dict(obj[key])
-    raise BundleError(f"{path} holds no state dict of network weights (found {type(obj).__name__})")
-
-
 class Segmenter:
     """Load a bundle once and segment many scans.
 
@@ -355,12 +343,13 @@ class Segmenter:
         network: torch.nn.Module | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        from monai.bundle import ConfigParser
         from monai.transforms import Compose, LoadImaged
+
+        from medfcn.bundle.standard import class_names_of, inferer_updates, open_config, read_pipeline
+        from medfcn.bundle.weights import load_network
 
         self.bundle_root = Path(bundle).resolve()
         config_file = self.bundle_root / "configs" / "inference.json"
-        meta_file = self.bundle_root / "configs" / "metadata.json"
         if not config_file.is_file():
             raise BundleError(f"{config_file} not found: {bundle} is not a medfcn/MONAI bundle folder")
         if sw_batch_size is not None and sw_batch_size < 1:
@@ -380,53 +369,46 @@ class Segmenter:
         self.tta = bool(tta)
         self.keep_probabilities = keep_probabilities
 
-        parser = ConfigParser()
-        try:
-            if meta_file.is_file():
-                parser.read_meta(str(meta_file))
-            parser.read_config(str(config_file))
-        except (OSError, ValueError) as err:
-            raise BundleError(f"cannot read {config_file}: {err}") from err
-        missing = [k for k in _REQUIRED_IDS if k not in parser]
-        if missing:
-            raise BundleError(f"{config_file} lacks the id(s) {', '.join(missing)} that medfcn infer needs")
+        parser = open_config(self.bundle_root, config_file)
         updates: dict[str, Any] = {
             "bundle_root": str(self.bundle_root),
             "device": f"$torch.device('{self.device}')",
-            # Windows go to the compute device; the stitched output lives on the CPU for large volumes.
-            "inferer#sw_device": str(self.device),
-            "inferer#device": str(self.device),
+            **inferer_updates(
+                parser,
+                self.device,
+                sw_batch_size=sw_batch_size,
+                overlap=overlap,
+                cpu_thresh=cpu_thresh,
+                buffer_steps=buffer_steps,
+            ),
         }
-        if self.device.type == "cuda":
-            updates["inferer#cpu_thresh"] = int(cpu_thresh if cpu_thresh is not None else 2**24)
-        if buffer_steps is not None:
-            updates["inferer#buffer_steps"] = int(buffer_steps)
-        if sw_batch_size is not None:
-            updates["inferer#sw_batch_size"] = int(sw_batch_size)
-        if overlap is not None:
-            updates["inferer#overlap"] = float(overlap)
         updates.update(overrides or {})
         for key, value in updates.items():
             if key.split("#")[0] in parser:
                 parser[key] = value
         self.config = parser
-        try:
-            self.preprocessing = parser.get_parsed_content("preprocessing")
-            self.inferer = parser.get_parsed_content("inferer")
-            self.post_activation = parser.get_parsed_content("post_activation")
-            self.post_invert = parser.get_parsed_content("post_invert")
-            self.post_discrete = parser.get_parsed_content("post_discrete")
-        except Exception as err:  # MONAI raises plain exceptions for config errors; name the file
-            raise BundleError(
-                f"{config_file}: cannot build the inference pipeline: {_first_line(err)}"
-            ) from err
+        # Any MONAI bundle: the standard ids, with medfcn's post_* ids as optional refinements.
+        pipeline = read_pipeline(parser, config_file)
+        self.notes = pipeline.notes
+        self.multilabel = pipeline.multilabel
+        self.image_key = pipeline.image_key
+        self.preprocessing = pipeline.preprocessing
+        self.inferer = pipeline.inferer
+        self.post_activation = pipeline.activation
+        self.post_invert = pipeline.invert
+        self.post_discrete = pipeline.discrete
         transforms = list(self.preprocessing.transforms)
         # The bundle's loader reads paths; in-memory MetaTensors skip it and enter the rest of the chain.
         self._load = transforms[0] if transforms and isinstance(transforms[0], LoadImaged) else None
+        if self._load is not None:
+            # DICOM series (a folder or discovery's sorted file list) are read by medfcn's reader whatever
+            # the bundle's LoadImaged names: MONAI's PydicomReader orders slices by InstanceNumber.
+            # NIfTI still goes to the bundle's own reader (DicomSeriesReader declines it by suffix).
+            from medfcn.data.readers import DicomSeriesReader
+
+            self._load.register(DicomSeriesReader())
         self._after_load = Compose(transforms[1:] if self._load is not None else transforms)
-        self.window = (
-            tuple(float(v) for v in parser.get_parsed_content("hu_window")) if "hu_window" in parser else None
-        )
+        self.window = pipeline.window
 
         meta = parser.get("_meta_", {}) or {}
         self.name = str(meta.get("name") or self.bundle_root.name)
@@ -436,58 +418,20 @@ class Segmenter:
         if network is not None:
             self.network = network.to(self.device)
         else:
-            self.network = self._build_network(parser, config_file)
+            self.network, self.weights = load_network(
+                self.bundle_root,
+                lambda: parser.get_parsed_content("network" if "network" in parser else "network_def"),
+                self.device,
+                config_file,
+            )
         self.network.eval()
-        self.class_names = self._class_names(meta)
+        self.class_names = class_names_of(
+            meta, getattr(self.network, "out_channels", None), self.name, multilabel=self.multilabel
+        )
         try:
             self.in_channels: int | None = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
         except (KeyError, TypeError, ValueError):
             self.in_channels = None
-
-    # -- construction helpers
-    def _build_network(self, parser: Any, config_file: Path) -> torch.nn.Module:
-        import torch
-
-        pt = self.bundle_root / "models" / "model.pt"
-        ts = self.bundle_root / "models" / "model.ts"
-        if pt.is_file():
-            try:
-                net = parser.get_parsed_content("network" if "network" in parser else "network_def")
-            except Exception as err:
-                raise BundleError(f"{config_file}: cannot build the network: {_first_line(err)}") from err
-            try:
-                state = torch.load(pt, map_location="cpu", weights_only=True)
-            except Exception as err:  # a truncated or foreign file: say which
-                raise BundleError(f"{pt} is not a readable PyTorch weights file: {_first_line(err)}") from err
-            result = net.load_state_dict(_as_state_dict(state, pt), strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise BundleError(
-                    f"{pt} does not match the network_def of {config_file}: "
-                    f"{len(result.missing_keys)} missing key(s) (e.g. {result.missing_keys[:2]}), "
-                    f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]}); "
-                    "retrain or export the bundle again"
-                )
-            self.weights = str(pt.relative_to(self.bundle_root))
-            return net.to(self.device)
-        if ts.is_file():
-            try:
-                net = torch.jit.load(str(ts), map_location=self.device)
-            except Exception as err:
-                raise BundleError(f"{ts} is not a readable TorchScript model: {_first_line(err)}") from err
-            self.weights = str(ts.relative_to(self.bundle_root))
-            return net
-        raise BundleError(
-            f"{self.bundle_root} has no weights (models/model.pt or models/model.ts); train it first "
-            "(medfcn train) or point --bundle at a trained bundle"
-        )
-
-    def _class_names(self, meta: Mapping[str, Any]) -> dict[int, str]:
-        try:
-            channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-            return {int(k): str(v) for k, v in channel_def.items()}
-        except (KeyError, TypeError, ValueError):
-            n = int(getattr(self.network, "out_channels", 2))
-            return {i: ("background" if i == 0 else f"class_{i}") for i in range(n)}
 
     # -- one case
     def load(self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | MetaTensor) -> _Loaded:
@@ -518,7 +462,7 @@ class Segmenter:
             item: Any = [str(p) for p in source] if isinstance(source, (list, tuple)) else str(source)
             name = Path(item[0]).parent.name + "/" if isinstance(item, list) else Path(item).name
             try:
-                image = self._load({"image": item})["image"]
+                image = self._load({self.image_key: item})[self.image_key]
             except Exception as err:
                 raise InputError(f"cannot read {name}: {_first_line(err)}") from err
         nonfinite = _replace_nonfinite(image, name)
@@ -528,15 +472,15 @@ class Segmenter:
         except Exception as err:
             raise InputError(f"cannot read {name}: {_first_line(err)}") from err
         try:
-            data = self._after_load({"image": image})
+            data = self._after_load({self.image_key: image})
         except Exception as err:
             raise InputError(f"cannot preprocess {name}: {_first_line(err)}") from err
-        if not isinstance(data["image"], MetaTensor):
+        if not isinstance(data[self.image_key], MetaTensor):
             raise BundleError("the bundle's preprocessing must return a MetaTensor (keep track_meta on)")
-        if self.in_channels is not None and data["image"].shape[0] != self.in_channels:
+        if self.in_channels is not None and data[self.image_key].shape[0] != self.in_channels:
             raise InputError(
                 f"the {self.name} bundle expects {self.in_channels} input channel(s); {name} has "
-                f"{data['image'].shape[0]} (shape {'x'.join(str(s) for s in source_image.shape)}). "
+                f"{data[self.image_key].shape[0]} (shape {'x'.join(str(s) for s in source_image.shape)}). "
                 "Pass a single-phase scan."
             )
         return _Loaded(
@@ -552,7 +496,7 @@ class Segmenter:
         from monai.data import MetaTensor
 
         t0 = time.perf_counter()
-        image = loaded.data["image"]
+        image = loaded.data[self.image_key]
         x = image.as_tensor()[None]  # (1, C_in, *spatial) on the CPU; windows are moved by the inferer
         flips: list[tuple[int, ...]] = [()]
         if self.tta:
@@ -573,12 +517,16 @@ class Segmenter:
             assert probs is not None
             probs = probs / len(flips)
             t1 = time.perf_counter()
-            d = self.post_invert({"image": image, "pred": probs})
+            d = self.post_invert({self.image_key: image, "pred": probs})
             inverted = d["pred"]
             # The label is exactly the bundle's postprocessing (what `monai.bundle run` and the Deploy app
             # compute); only the probabilities handed back are completed to sum to 1, after the argmax.
             label = self.post_discrete({"pred": inverted})["pred"]
-            if self.keep_probabilities:
+            if self.multilabel or label.shape[0] > 1:  # sigmoid bundles: one mask per region
+                from medfcn.bundle.standard import collapse_channels
+
+                label = collapse_channels(label)
+            elif self.keep_probabilities:
                 inverted = _fill_background(inverted)
         src = loaded.source
         affine = torch.as_tensor(src.affine, dtype=torch.float64)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import os
@@ -45,6 +46,7 @@ from medfcn.errors import BundleError
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "WEIGHTS_DIGEST_KEY",
     "Bump",
     "ExportCheck",
     "ExportResult",
@@ -58,7 +60,10 @@ DEFAULT_TOLERANCE = 1e-4
 """Relative tolerance of the numeric check: ``max|export - eager| <= tol * max(1, max|eager|)``.
 fp32 TorchScript reproduces eager PyTorch to ~1e-7; ONNX Runtime's CPU kernels differ by ~1e-6."""
 
-Bump = Literal["none", "patch", "minor", "major"]
+Bump = Literal["auto", "none", "patch", "minor", "major"]
+WEIGHTS_DIGEST_KEY = "medfcn_weights_sha256"
+"""``metadata.json`` key recording the sha256 of the ``model.pt`` the exports were made from: ``"auto"``
+bumps the version only when the weights differ from it."""
 Format = Literal["torchscript", "onnx"]
 
 _TS_NAME = "model.ts"
@@ -97,12 +102,16 @@ class ExportResult:
         version: the bundle version after the export (``metadata.json`` ``version``).
         exports: one :class:`ExportCheck` per file written, TorchScript first.
         metadata_path: the updated ``configs/metadata.json``.
+        previous_version: the version before the export (equal to ``version`` when not bumped).
+        weights_changed: ``False`` when ``model.pt`` is the one the last export recorded.
     """
 
     bundle: Path
     version: str
     exports: tuple[ExportCheck, ...]
     metadata_path: Path
+    previous_version: str = ""
+    weights_changed: bool = True
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -204,6 +213,14 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
         tmp = stage / path.name
         tmp.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _bump(version: str, how: Bump, path: Path) -> str:
@@ -440,7 +457,7 @@ def export_bundle(
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     check_shape: Sequence[int] | None = None,
-    bump: Bump = "patch",
+    bump: Bump = "auto",
     config_file: str | Sequence[str] = "configs/inference.json",
     ckpt_file: str = "models/model.pt",
     key_in_ckpt: str = "",
@@ -457,8 +474,10 @@ def export_bundle(
             for a small FCN). ``False`` skips it; nothing then vouches for the file.
         tolerance: relative bound of the check, see :data:`DEFAULT_TOLERANCE`.
         check_shape: spatial size of the check volume; default :func:`check_shape_for` of the patch size.
-        bump: how to raise ``metadata.json``'s version (``"none"`` keeps it; the changelog entry of the
-            current version then gets the export note appended).
+        bump: how to raise ``metadata.json``'s version. ``"auto"``: the patch number, only when
+            ``model.pt`` differs from the weights of the last export (their sha256 is recorded under
+            :data:`WEIGHTS_DIGEST_KEY`); a re-export of the same weights keeps the version and changelog.
+            ``"none"`` keeps the version and appends the export note to its changelog entry.
         config_file: inference config(s) relative to the bundle; embedded as one resolved
             ``inference.json``.
         ckpt_file: the weights relative to the bundle (a plain ``state_dict``).
@@ -532,7 +551,11 @@ def export_bundle(
             onnx_diff = _export_and_check_onnx(net, example, onnx_tmp, opset, x, reference, bound)
 
         # ---- metadata: version, changelog, versions of what produced the files
-        version = _bump(str(meta.get("version", "0.0.0")), bump, meta_path)
+        old_version = str(meta.get("version", "0.0.0"))
+        weights_sha256 = _sha256(root / ckpt_file)
+        weights_changed = meta.get(WEIGHTS_DIGEST_KEY) != weights_sha256
+        how: Bump = ("patch" if weights_changed else "none") if bump == "auto" else bump
+        version = _bump(old_version, how, meta_path)
         now = datetime.now(timezone.utc).strftime("%Y-%m-%d")
         parts = [f"TorchScript{' + ONNX' if onnx else ''} export ({now}, medfcn {medfcn.__version__})"]
         if ts_diff is not None:
@@ -549,7 +572,9 @@ def export_bundle(
         new_meta = copy.deepcopy(meta)
         new_meta["version"] = version
         changelog = dict(new_meta.get("changelog", {}) or {})
-        if version in changelog and bump == "none":
+        if bump == "auto" and not weights_changed:
+            pass  # the same weights again: the changelog already tells this version's story
+        elif version in changelog and how == "none":
             changelog[version] = f"{changelog[version]}; {note}"
             new_meta["changelog"] = changelog
         else:
@@ -557,6 +582,7 @@ def export_bundle(
         new_meta["monai_version"] = monai.__version__
         new_meta["pytorch_version"] = torch.__version__.split("+")[0]
         new_meta["numpy_version"] = numpy.__version__
+        new_meta[WEIGHTS_DIGEST_KEY] = weights_sha256
         required = dict(new_meta.get("required_packages_version", {}) or {})
         required["medfcn"] = medfcn.__version__
         new_meta["required_packages_version"] = required
@@ -596,4 +622,11 @@ def export_bundle(
                 )
             )
         _write_json_atomic(meta_path, new_meta)
-    return ExportResult(bundle=root, version=version, exports=tuple(exports), metadata_path=meta_path)
+    return ExportResult(
+        bundle=root,
+        version=version,
+        exports=tuple(exports),
+        metadata_path=meta_path,
+        previous_version=old_version,
+        weights_changed=weights_changed,
+    )

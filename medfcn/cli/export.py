@@ -14,6 +14,7 @@ __all__ = ["export"]
 
 
 class _Bump(str, Enum):
+    auto = "auto"
     none = "none"
     patch = "patch"
     minor = "minor"
@@ -70,10 +71,12 @@ def export(
         typer.Option(
             "--bump-version",
             case_sensitive=False,
-            help="How to raise the version in metadata.json (a changelog entry is always added). Default: patch; "
-            "'none' appends the note to the current version's entry.",
+            help="How to raise the version in metadata.json. auto (default): the patch number, and a changelog "
+            "entry, only when models/model.pt differs from the weights of the last export; re-exporting the "
+            "same weights keeps the version. patch/minor/major: always; none: never (the note is appended to "
+            "the current version's entry).",
         ),
-    ] = _Bump.patch,
+    ] = _Bump.auto,
 ) -> None:
     """Export the bundle's weights to models/model.ts (TorchScript with metadata.json and inference.json
     embedded, what MONAI Deploy loads) and optionally models/model.onnx, verified and written atomically."""
@@ -96,4 +99,9 @@ def export(
             shape = "x".join(str(s) for s in item.input_shape or ())
             verdict = f"max |diff| vs checkpoint {item.max_abs_diff:.2e} (allowed {item.tolerance:.1e}, input {shape})"
         typer.echo(f"{where}  {_size(item.size_bytes)}  {verdict}")
-    typer.echo(f"configs/metadata.json  version {result.version}")
+    if result.version != result.previous_version:
+        why = "weights changed since the last export" if result.weights_changed else f"--bump-version {bump_version.value}"
+        typer.echo(f"configs/metadata.json  version {result.version} (was {result.previous_version}: {why})")
+    else:
+        why = "same weights as the last export" if not result.weights_changed else "--bump-version none"
+        typer.echo(f"configs/metadata.json  version {result.version} (kept: {why})")

@@ -7,8 +7,10 @@ source pixel's patient position (from ImagePositionPatient, ImageOrientationPati
 is mapped through the inverse affine to a voxel of the label map. A slice that does not fall on the
 label grid is an error, not a silent shift.
 
-Segments come from the bundle's class names (``channel_def``); standard SNOMED-CT codes are used where
-they exist (liver; tumour/lesion/neoplasm as a morphologically abnormal structure in the liver).
+Segments come from the bundle's classes (:func:`medfcn.data.segment_codes.class_table`: names and codes
+from ``metadata.json``'s ``medfcn.classes``, else the name table, else a local ``99MEDFCN`` code).
+Source series may be single-frame slices or one enhanced multi-frame image (frames placed by their
+per-frame functional groups).
 
 Example:
     >>> write_dicom_seg(label, affine, case.paths, "RESULTS/abc/seg.dcm",
@@ -19,51 +21,41 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medfcn._io import atomic_write
+from medfcn.data.segment_codes import ClassInfo, algorithm_title, class_table, to_code
 from medfcn.errors import InputError
 
-__all__ = ["label_to_frames", "segment_descriptions", "write_dicom_seg"]
+__all__ = [
+    "label_to_frames",
+    "medfcn_version",
+    "read_sources",
+    "segment_descriptions",
+    "source_planes",
+    "write_dicom_seg",
+]
 
 _LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (its own inverse)
 _OFF_GRID_TOL = 0.2  # voxels: how far a source pixel centre may sit from a label voxel centre
 
 
-def _codes_for(name: str, has_liver: bool) -> tuple[Any, Any, list[Any] | None]:
-    """(category, type, anatomic regions) codes for a class name; ad-hoc codes when SNOMED has none."""
-    from highdicom.sr import CodedConcept
-    from pydicom.sr.codedict import codes
-
-    key = name.strip().lower()
-    if key == "liver":
-        return codes.SCT.AnatomicalStructure, codes.SCT.Liver, None
-    if key in {"spleen", "kidney", "pancreas", "lung", "heart", "brain", "prostate"}:
-        return codes.SCT.AnatomicalStructure, getattr(codes.SCT, key.capitalize()), None
-    if key in {"tumour", "tumor", "neoplasm", "lesion", "cancer", "mass"}:
-        region = [codes.SCT.Liver] if has_liver else None
-        return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm, region
-    # No standard code: a local coding scheme ("99" prefix, DICOM PS3.16 8.2) that still names the class.
-    return (
-        codes.SCT.Tissue,
-        CodedConcept(value=key[:16] or "class", scheme_designator="99MEDFCN", meaning=name),
-        None,
-    )
-
-
 def segment_descriptions(
-    class_names: Mapping[int, str], *, algorithm_name: str, algorithm_version: str
+    classes: Mapping[int, ClassInfo] | Mapping[int, str], *, algorithm_name: str, algorithm_version: str
 ) -> list[Any]:
     """One ``highdicom.seg.SegmentDescription`` per foreground class (label value = segment number).
 
     Args:
-        class_names: label value -> class name; value 0 (background) is skipped.
-        algorithm_name: AlgorithmName (e.g. the bundle name).
-        algorithm_version: AlgorithmVersion (e.g. the bundle version).
+        classes: label value -> :class:`~medfcn.data.segment_codes.ClassInfo` (the bundle's
+            :func:`~medfcn.data.segment_codes.class_table`), or label value -> class name (coded from the
+            name table); value 0 (background) is skipped.
+        algorithm_name: the bundle name; SegmentAlgorithmName/AlgorithmName become
+            :func:`~medfcn.data.segment_codes.algorithm_title` (``"medfcn liver bundle 0.2.0"``).
+        algorithm_version: AlgorithmVersion (the bundle version).
 
     Returns:
         The descriptions, ordered by segment number.
@@ -71,55 +63,92 @@ def segment_descriptions(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    table = _as_table(classes)
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name[:64], version=algorithm_version[:64], family=codes.cid7162.ArtificialIntelligence
+        name=algorithm_title(algorithm_name, algorithm_version),
+        version=algorithm_version[:64],
+        family=codes.cid7162.ArtificialIntelligence,
     )
-    has_liver = any(n.strip().lower() == "liver" for n in class_names.values())
     out = []
-    for value, name in sorted(class_names.items()):
-        if int(value) == 0:
-            continue
-        category, prop, regions = _codes_for(name, has_liver)
+    for value, info in sorted(table.items()):
         out.append(
             hd.seg.SegmentDescription(
                 segment_number=int(value),
-                segment_label=name[:64],
-                segmented_property_category=category,
-                segmented_property_type=prop,
+                segment_label=info.name[:64],
+                segmented_property_category=to_code(info.category),
+                segmented_property_type=to_code(info.type),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
                 tracking_uid=hd.UID(),
-                tracking_id=name[:64],
-                anatomic_regions=regions,
+                tracking_id=info.name[:64],
+                anatomic_regions=[to_code(info.anatomic_region)] if info.anatomic_region else None,
+                primary_anatomic_structures=None,
             )
         )
+        if info.modifier is not None:
+            from pydicom.dataset import Dataset
+
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
+                info.modifier[1],
+                info.modifier[0],
+                info.modifier[2],
+            )
+            out[-1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [item]
     return out
 
 
-def _pixel_grid(ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Patient (LPS, mm) position of pixel (0, 0) and the steps along a row (+column) and a column (+row)."""
-    try:
-        origin = np.asarray([float(v) for v in ds.ImagePositionPatient])
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
-    except (AttributeError, TypeError, ValueError) as err:
-        raise InputError(
-            "a source DICOM image lacks ImagePositionPatient/ImageOrientationPatient/PixelSpacing; "
-            "a DICOM SEG cannot be placed on it"
-        ) from err
-    return origin, iop[:3] * col_spacing, iop[3:] * row_spacing
+def _as_table(classes: Mapping[int, ClassInfo] | Mapping[int, str]) -> dict[int, ClassInfo]:
+    """Class records from records or from names (coded by the name table)."""
+    if all(isinstance(v, ClassInfo) for v in classes.values()):
+        return {int(k): v for k, v in classes.items() if int(k) != 0}  # type: ignore[misc]
+    return class_table({}, {int(k): str(v) for k, v in classes.items()})
+
+
+def source_planes(
+    datasets: Sequence[Any],
+) -> list[tuple[Any, int | None, np.ndarray, np.ndarray, np.ndarray]]:
+    """Every source frame: ``(dataset, frame number or None, origin, step along a row, step down a column)``.
+
+    Positions are patient LPS mm. Single-frame images give one plane each (frame ``None``); an enhanced
+    multi-frame image gives one per frame from its functional groups (frame 1..N), in file order.
+
+    Raises:
+        InputError: the plane geometry tags are missing.
+    """
+    from medfcn.data.enhanced import frame_planes
+
+    out = []
+    for ds in datasets:
+        planes = frame_planes(ds)
+        multi = len(planes) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+        for number, (position, iop, spacing) in enumerate(planes, start=1):
+            row_spacing, col_spacing = spacing
+            o = np.asarray(iop, dtype=np.float64)
+            out.append(
+                (
+                    ds,
+                    number if multi else None,
+                    np.asarray(position, dtype=np.float64),
+                    o[:3] * col_spacing,
+                    o[3:] * row_spacing,
+                )
+            )
+    return out
 
 
 def label_to_frames(label: np.ndarray, affine: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
-    """Resample a label map onto the pixel grids of single-frame source images (nearest voxel).
+    """Resample a label map onto the pixel grids of the source frames (nearest voxel).
 
     Args:
         label: ``(X, Y, Z)`` integer labels.
         affine: ``(4, 4)`` voxel-to-world matrix of ``label``, RAS mm.
-        datasets: the source images (pydicom datasets with Rows, Columns and the plane geometry tags).
+        datasets: the source images (pydicom datasets with Rows, Columns and the plane geometry tags:
+            single-frame slices, or enhanced multi-frame images with per-frame functional groups).
 
     Returns:
-        ``(len(datasets), Rows, Columns)`` array of ``label``'s dtype; frame ``i`` lies on ``datasets[i]``.
+        ``(frames, Rows, Columns)`` array of ``label``'s dtype; frame ``i`` lies on source frame ``i``
+        (:func:`source_planes` order: datasets in order, the frames of a multi-frame one in file order).
 
     Raises:
         InputError: a source pixel centre that is not on the label grid (the series and the label do not
@@ -128,9 +157,9 @@ def label_to_frames(label: np.ndarray, affine: np.ndarray, datasets: Sequence[An
     inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
     frames: list[np.ndarray] = []
     shape = np.asarray(label.shape)
-    for ds in datasets:
+    for ds, number, origin, step_c, step_r in source_planes(datasets):
         rows, cols = int(ds.Rows), int(ds.Columns)
-        origin, step_c, step_r = _pixel_grid(ds)
+        where = f"frame {number}" if number is not None else f"instance {getattr(ds, 'InstanceNumber', '?')}"
         # voxel index = inv @ RAS(world); world is linear in (r, c), so only 3 points are transformed
         base = inv[:3, :3] @ (_LPS @ origin) + inv[:3, 3]
         dc = inv[:3, :3] @ (_LPS @ step_c)
@@ -141,14 +170,14 @@ def label_to_frames(label: np.ndarray, affine: np.ndarray, datasets: Sequence[An
         nearest = np.rint(ijk)
         if np.abs(ijk - nearest).max() > _OFF_GRID_TOL:
             raise InputError(
-                f"source image (instance {getattr(ds, 'InstanceNumber', '?')}) is not on the label grid "
+                f"source image ({where}) is not on the label grid "
                 f"(off by {np.abs(ijk - nearest).max():.2f} voxels); the mask and the series disagree in geometry"
             )
         idx = nearest.astype(np.int64)
         inside = np.all((idx >= 0) & (idx < shape), axis=-1)
         if not inside.all():
             raise InputError(
-                f"source image (instance {getattr(ds, 'InstanceNumber', '?')}) lies outside the label volume "
+                f"source image ({where}) lies outside the label volume "
                 f"{tuple(int(s) for s in shape)}; the mask and the series disagree in geometry"
             )
         frames.append(label[idx[..., 0], idx[..., 1], idx[..., 2]])
@@ -157,13 +186,41 @@ def label_to_frames(label: np.ndarray, affine: np.ndarray, datasets: Sequence[An
     return np.stack(frames)
 
 
+def medfcn_version() -> str:
+    """The installed medfcn version (SoftwareVersions of what medfcn writes)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medfcn")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "0"
+
+
+def read_sources(source_files: Sequence[str | os.PathLike[str]], what: str) -> list[Any]:
+    """The headers of the source images of a derived object (no pixel data), in the given order.
+
+    Raises:
+        InputError: a file cannot be read as DICOM, or no file was given.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        datasets = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in source_files]
+    except (OSError, InvalidDicomError) as err:
+        raise InputError(f"cannot read a source DICOM file for the {what}: {err}") from err
+    if not datasets:
+        raise InputError(f"no source DICOM files given for the {what}")
+    return datasets
+
+
 def write_dicom_seg(
     label: np.ndarray,
     affine: np.ndarray,
     source_files: Sequence[str | os.PathLike[str]],
     out_path: str | os.PathLike[str],
     *,
-    class_names: Mapping[int, str],
+    class_names: Mapping[int, ClassInfo] | Mapping[int, str],
     algorithm_name: str,
     algorithm_version: str,
     series_description: str = "medfcn segmentation",
@@ -174,10 +231,13 @@ def write_dicom_seg(
     Args:
         label: ``(X, Y, Z)`` integer label map on the grid of the series as loaded.
         affine: ``(4, 4)`` RAS voxel-to-world matrix of ``label`` (mm).
-        source_files: the files of the source series (single-frame images of one series).
+        source_files: the files of the source series (single-frame images of one series, or one enhanced
+            multi-frame image).
         out_path: the ``.dcm`` file to write (its folder must exist); written to a temp name first.
-        class_names: label value -> class name (one segment per foreground value, in this order).
-        algorithm_name: AlgorithmName recorded in every segment.
+        class_names: label value -> :class:`~medfcn.data.segment_codes.ClassInfo` (names and codes from
+            the bundle), or label value -> class name (coded from the name table); one segment per
+            foreground value, in this order.
+        algorithm_name: the bundle name (the algorithm recorded is ``"medfcn <name> bundle <version>"``).
         algorithm_version: AlgorithmVersion recorded in every segment.
         series_description: SeriesDescription of the new SEG series.
         software_version: SoftwareVersions (default: the medfcn version).
@@ -189,20 +249,12 @@ def write_dicom_seg(
         InputError: unreadable source files, or a geometry that does not match the label.
     """
     import highdicom as hd
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    from medfcn import __version__
 
     out = Path(out_path)
-    try:
-        datasets = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in source_files]
-    except (OSError, InvalidDicomError) as err:
-        raise InputError(f"cannot read a source DICOM file for the SEG: {err}") from err
-    if not datasets:
-        raise InputError("no source DICOM files given for the SEG")
+    datasets = read_sources(source_files, "SEG")
     frames = label_to_frames(np.asarray(label), affine, datasets).astype(np.uint8)
-    present = {int(v) for v in class_names if int(v) != 0}
+    table = _as_table(class_names)
+    present = set(table)
     # Values the bundle does not declare would make highdicom fail with a less clear message.
     stray = {int(v) for v in np.unique(frames)} - present - {0}
     if stray:
@@ -212,7 +264,7 @@ def write_dicom_seg(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(
-            class_names, algorithm_name=algorithm_name, algorithm_version=algorithm_version
+            table, algorithm_name=algorithm_name, algorithm_version=algorithm_version
         ),
         series_instance_uid=hd.UID(),
         series_number=int(getattr(datasets[0], "SeriesNumber", 0) or 0) + 1000,
@@ -220,20 +272,11 @@ def write_dicom_seg(
         instance_number=1,
         manufacturer="medfcn",
         manufacturer_model_name=algorithm_name[:64],
-        software_versions=software_version or __version__,
+        software_versions=software_version or medfcn_version(),
         device_serial_number="0",
         series_description=series_description,
         # Empty frames are left out (smaller files); an all-empty mask keeps them, as highdicom needs a frame.
         omit_empty_frames=bool(frames.any()),
     )
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".tmp.dcm")
-    os.close(fd)
-    try:
-        seg.save_as(tmp_name)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp_name, out)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    atomic_write(out, lambda tmp: seg.save_as(tmp))
     return out

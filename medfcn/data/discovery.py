@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medfcn.data.enhanced import ENHANCED_VOLUME_SOP_CLASSES, FrameGeometry, expand_frames, frame_geometries
 from medfcn.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,6 +94,11 @@ _NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
 )
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+# pydicom 3.0 does not name the Label Map class yet (DICOM 2024c).
+_SEGMENTATION_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM SEG",
+    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",
+}
 _LOCALISER_TYPES = {"LOCALIZER", "LOCALISER", "SCOUT", "TOPOGRAM", "SURVIEW"}
 _LOCALISER_DESCRIPTION = re.compile(r"\b(locali[sz]er|scout|topogram|surview|scanogram)\b", re.IGNORECASE)
 _WINDOWS_RESERVED = {
@@ -126,7 +132,8 @@ class Case:
             file for NIfTI/images, the folder holding the series (their common folder) for DICOM.
         kind: ``"dicom"``, ``"nifti"`` or ``"image"`` (NRRD/MetaImage).
         paths: the files; for DICOM sorted by slice position along the slice normal (ascending), which
-            is also the order of array axis 2 when loaded. DICOM SEG writers take these as sources.
+            is also the order of array axis 2 when loaded (an enhanced multi-frame image: its one file,
+            the frames being sorted the same way when loaded). DICOM SEG writers take these as sources.
         modality: DICOM Modality (``"CT"``, ``"MR"``...), ``None`` for NIfTI/images.
         n_slices: slices along the slice axis (array axis 2).
         shape: ``(X, Y, Z)`` voxels as loaded (DICOM: columns, rows, slices).
@@ -233,6 +240,12 @@ class _DicomHeader:
     has_pixels: bool
     pixel_problem: str | None
     at_eof: bool = False  # the header read consumed the whole file
+    # Enhanced (multi-frame) volumes: the per-frame geometry, or why it cannot be read. After
+    # expand_frames() each frame is a header of its own with its 1-based ``frame`` number and rescale.
+    frames: tuple[FrameGeometry, ...] | None = None
+    frame_problem: str | None = None
+    frame: int | None = None
+    rescale: tuple[float, float] | None = None
 
 
 class _NotDicom(Exception):
@@ -429,6 +442,16 @@ def _parse_dicom_header(path: Path, rel: str) -> _DicomHeader | None:
     if not preamble and not (ds.get("SOPClassUID") or ds.get("SeriesInstanceUID")):
         raise _NotDicom("not a DICOM or image file")
     image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+    n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
+    frames: tuple[FrameGeometry, ...] | None = None
+    frame_problem: str | None = None
+    if sop_class in ENHANCED_VOLUME_SOP_CLASSES:
+        try:
+            frames = tuple(frame_geometries(ds))
+        except InputError as err:
+            frame_problem = str(err)
+        if frames and not image_type:  # enhanced objects put ImageType in the frame type groups
+            image_type = tuple(str(v).upper() for v in (ds.get("FrameType") or ()))
     return _DicomHeader(
         path=path,
         rel=rel,
@@ -449,16 +472,21 @@ def _parse_dicom_header(path: Path, rel: str) -> _DicomHeader | None:
         columns=_int(ds.get("Columns"), 0) or 0,
         samples_per_pixel=_int(ds.get("SamplesPerPixel"), 1) or 1,
         photometric=str(ds.get("PhotometricInterpretation") or "").upper(),
-        n_frames=_int(ds.get("NumberOfFrames"), 1) or 1,
+        n_frames=n_frames,
         transfer_syntax=syntax,
         has_pixels=has_pixels,
         pixel_problem=problem,
         at_eof=at_eof,
+        frames=frames,
+        frame_problem=frame_problem,
     )
 
 
 def _non_image_reason(h: _DicomHeader) -> str | None:
     """Why a DICOM object is not an image to segment (``None`` if it is one)."""
+    if h.sop_class_uid in _SEGMENTATION_SOP_CLASSES or h.modality == "SEG":
+        name = _SEGMENTATION_SOP_CLASSES.get(h.sop_class_uid, "DICOM SEG")
+        return f"{name} object (a segmentation, not an image; medfcn evaluate/train read it as a label)"
     if h.modality in _NON_IMAGE_MODALITIES:
         return f"{h.modality} object (not an image)"
     if h.sop_class_uid.startswith(_NON_IMAGE_SOP_PREFIXES):
@@ -525,12 +553,16 @@ def _validate_series(headers: Sequence[_DicomHeader]) -> _Geometry:
     Raises:
         InputError: the one-line reason (no file or folder name: callers add where).
     """
-    n = len(headers)
-    if n == 0:
+    if not headers:
         raise InputError("no DICOM image files")
+    headers = expand_frames(headers)  # an enhanced image: one pseudo-slice per frame, same rules below
+    n = len(headers)
     frames = max(h.n_frames for h in headers)
     if frames > 1:
-        raise InputError(f"multi-frame image ({frames} frames in one file): single-frame slices expected")
+        raise InputError(
+            f"multi-frame {_sop_name(headers[0].sop_class_uid)} ({frames} frames in one file): only single-frame "
+            "slices and enhanced CT/MR/PET volumes are read"
+        )
     colour = [
         h for h in headers if h.samples_per_pixel != 1 or h.photometric not in ("MONOCHROME1", "MONOCHROME2")
     ]
@@ -1107,7 +1139,7 @@ def _dicom_cases(
         except InputError as err:
             skipped.append(Skipped(where, str(err)))
             continue
-        n = len(group)
+        n = len(geom.headers)  # slices: files, or the frames of an enhanced image
         if n < min_slices:
             skipped.append(
                 Skipped(where, f"only {n} slice{'s' if n != 1 else ''} (< min_slices {min_slices})")
@@ -1124,7 +1156,7 @@ def _dicom_cases(
                 id=f"s-{_short_hash(uid)}",
                 source=_common_folder(h.rel for h in group),
                 kind="dicom",
-                paths=[h.path for h in geom.headers],
+                paths=list(dict.fromkeys(h.path for h in geom.headers)),  # an enhanced file once
                 modality=first.modality,
                 n_slices=n,
                 shape=geom.shape,

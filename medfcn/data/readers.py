@@ -222,6 +222,36 @@ def _read_simpleitk(geom: _Geometry) -> np.ndarray:
     return array.transpose(2, 1, 0)
 
 
+def _read_frames(geom: _Geometry) -> np.ndarray:
+    """``(X, Y, Z)`` float32 of an enhanced (multi-frame) series: each file decoded once by pydicom.
+
+    The geometry's headers are the frames sorted along the slice normal (``h.frame`` is the 1-based frame
+    number); each frame gets its own rescale from the Pixel Value Transformation functional group.
+    """
+    import pydicom
+
+    x, y, z = geom.shape
+    volume = np.empty((x, y, z), dtype=np.float32)
+    decoded: dict[Path, np.ndarray] = {}
+    for k, h in enumerate(geom.headers):
+        if h.path not in decoded:
+            try:
+                pixels = pydicom.dcmread(h.path, force=True).pixel_array
+            except Exception as err:  # decoder plugins raise many types: name the file, keep one line
+                raise RuntimeError(f"{h.path.name}: {_first_line(err)}") from err
+            decoded[h.path] = pixels if pixels.ndim == 3 else pixels[None]
+        frames = decoded[h.path]
+        index = (h.frame or 1) - 1
+        if frames.shape[1:] != (y, x) or index >= frames.shape[0]:
+            raise RuntimeError(
+                f"{h.path.name}: decoded {frames.shape[0]} frames of {frames.shape[1:]}, expected frame "
+                f"{index + 1} of {(y, x)} (rows, columns)"
+            )
+        slope, intercept = h.rescale or (1.0, 0.0)
+        volume[:, :, k] = (frames[index].astype(np.float32) * np.float32(slope) + np.float32(intercept)).T
+    return volume
+
+
 def _read_pydicom(geom: _Geometry) -> np.ndarray:
     """``(X, Y, Z)`` float32 through pydicom and its decoder plugins, one file at a time."""
     import pydicom
@@ -361,11 +391,14 @@ class DicomSeriesReader(ImageReader):
             )
         geom = img.geometry
         order = ["simpleitk", "pydicom"] if self.backend == "auto" else [self.backend]
+        if any(h.frame is not None for h in geom.headers):
+            order = ["frames"]  # enhanced: frames reordered by position, rescaled per frame
         errors: list[str] = []
         array: np.ndarray | None = None
         for backend in order:
             try:
-                array = _read_simpleitk(geom) if backend == "simpleitk" else _read_pydicom(geom)
+                reader = {"simpleitk": _read_simpleitk, "pydicom": _read_pydicom, "frames": _read_frames}[backend]
+                array = reader(geom)
                 break
             except Exception as err:  # try the next decoder; report the last one's reason
                 errors.append(_first_line(err))

@@ -80,7 +80,8 @@ def test_seg_round_trip(series: tuple[np.ndarray, np.ndarray, list[Path]], tmp_p
     assert tumour.segmented_property_type == codes.SCT.Neoplasm
     assert tumour.segmented_property_category == codes.SCT.MorphologicallyAbnormalStructure
     algo = liver.algorithm_identification[0]
-    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("liver", "1.2.3")
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("medfcn liver bundle 1.2.3", "1.2.3")
+    assert liver.SegmentAlgorithmName == "medfcn liver bundle 1.2.3" != liver.segment_label  # issue 17 item 6
     # Every frame is placed on a source instance and carries that instance's label slice.
     by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: k for k, p in enumerate(paths)}
     uids = [u for _, _, u in seg.get_source_image_uids()]

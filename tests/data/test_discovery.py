@@ -284,14 +284,22 @@ def test_modality_and_description_filters(tmp_path: Path) -> None:
 def test_non_image_objects(tmp_path: Path) -> None:
     _non_image(tmp_path / "rt.dcm", "RTSTRUCT", "1.2.840.10008.5.1.4.1.1.481.3")
     _non_image(tmp_path / "seg.dcm", "SEG", "1.2.840.10008.5.1.4.1.1.66.4")
+    _non_image(tmp_path / "labelmap.dcm", "SEG", "1.2.840.10008.5.1.4.1.1.66.7")
     _non_image(tmp_path / "pr.dcm", "PR", "1.2.840.10008.5.1.4.1.1.11.1")
     _non_image(tmp_path / "pdf.dcm", "OT", "1.2.840.10008.5.1.4.1.1.104.1")
     _, skipped = _rows(find_cases(tmp_path))
     assert skipped == [
+        (
+            "labelmap.dcm",
+            "Label Map Segmentation object (a segmentation, not an image; medfcn evaluate/train read it as a label)",
+        ),
         ("pdf.dcm", "Encapsulated PDF object (not an image)"),
         ("pr.dcm", "PR object (not an image)"),
         ("rt.dcm", "RTSTRUCT object (not an image)"),
-        ("seg.dcm", "SEG object (not an image)"),
+        (
+            "seg.dcm",
+            "DICOM SEG object (a segmentation, not an image; medfcn evaluate/train read it as a label)",
+        ),
     ]
 
 
@@ -324,7 +332,11 @@ def test_capture_multiframe_and_colour(tmp_path: Path) -> None:
         ds.save_as(f)
     _, skipped = _rows(find_cases(tmp_path))
     assert skipped == [
-        ("mf_ct/IM0001.dcm", "multi-frame image (4 frames in one file): single-frame slices expected"),
+        (
+            "mf_ct/IM0001.dcm",
+            "enhanced image without per-frame positions (no PerFrameFunctionalGroupsSequence for its 4 frames): "
+            "cannot place the frames in space",
+        ),
         ("mf_sc/IM0001.dcm", "multi-frame secondary capture (not an acquired CT/MR volume)"),
         ("rgb", "RGB/colour image (PhotometricInterpretation RGB): grayscale CT/MR expected"),
         ("sc", "secondary capture (not an acquired CT/MR volume)"),

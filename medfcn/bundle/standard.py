@@ -47,6 +47,7 @@ __all__ = [
     "inferer_updates",
     "neutralise_writers",
     "open_config",
+    "out_channels_of",
     "read_pipeline",
 ]
 
@@ -202,8 +203,8 @@ def _flat(transform: Any) -> list[Any]:
     return list(transform.flatten().transforms) if hasattr(transform, "flatten") else [transform]
 
 
-def _note(notes: list[str], config_file: Path, text: str) -> None:
-    line = f"{config_file.parent.parent.name}: {text}"
+def _note(notes: list[str], name: str, text: str) -> None:
+    line = f"{name}: {text}"
     notes.append(line)
     logger.warning("%s", line)
 
@@ -227,6 +228,7 @@ def read_pipeline(parser: ConfigParser, config_file: str | os.PathLike[str]) -> 
 
     config_path = Path(config_file)
     notes: list[str] = []
+    name = str((parser.get("_meta_", {}) or {}).get("name") or config_path.parent.parent.name)
     if "preprocessing" not in parser:
         raise BundleError(f"{config_path} has no 'preprocessing': a MONAI bundle defines its input transforms there")
     preprocessing = _parse(parser, "preprocessing", config_path)
@@ -241,7 +243,7 @@ def read_pipeline(parser: ConfigParser, config_file: str | os.PathLike[str]) -> 
     else:
         roi = _roi_size(parser)
         inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=0.25)
-        _note(notes, config_path, f"no 'inferer' id; a sliding window of {list(roi)} is used")
+        _note(notes, name, f"no 'inferer' id; a sliding window of {list(roi)} is used")
 
     post = _flat(_parse(parser, "postprocessing", config_path)) if "postprocessing" in parser else []
     post = [t for t in post if not isinstance(t, Identityd)]  # neutralised writers, or no-ops
@@ -256,7 +258,7 @@ def read_pipeline(parser: ConfigParser, config_file: str | os.PathLike[str]) -> 
         rest = activations[1:] + rest if len(activations) > 1 else rest
     else:
         activation = Activationsd(keys="pred", softmax=True)
-        _note(notes, config_path, "postprocessing has no Activationsd; probabilities are a softmax of the logits")
+        _note(notes, name, "postprocessing has no Activationsd; probabilities are a softmax of the logits")
 
     if "post_invert" in parser:
         invert: Stage = _parse(parser, "post_invert", config_path)
@@ -266,14 +268,14 @@ def read_pipeline(parser: ConfigParser, config_file: str | os.PathLike[str]) -> 
         invert = Invertd(
             keys="pred", transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True
         )
-        _note(notes, config_path, "postprocessing has no Invertd; medfcn inverts the preprocessing to the scan's grid")
+        _note(notes, name, "postprocessing has no Invertd; medfcn inverts the preprocessing to the scan's grid")
 
     if "post_discrete" in parser:
         discrete: Stage = _parse(parser, "post_discrete", config_path)
     else:
         if not any(isinstance(t, AsDiscreted) for t in rest):
             rest = [AsDiscreted(keys="pred", argmax=True), *rest]
-            _note(notes, config_path, "postprocessing has no AsDiscreted; the label is the argmax over classes")
+            _note(notes, name, "postprocessing has no AsDiscreted; the label is the argmax over classes")
         discrete = Compose(rest)
 
     return InferencePipeline(
@@ -337,6 +339,20 @@ def class_names_of(
         n - 1,
     )
     return {i: ("background" if i == 0 else f"class_{i}") for i in range(n)}
+
+
+def out_channels_of(parser: ConfigParser, network: Any = None) -> int | None:
+    """The number of output channels: the network's ``out_channels``, the metadata's, or ``network_def``'s."""
+    meta = parser.get("_meta_", {}) or {}
+    net_def = parser.get("network_def")
+    for value in (
+        getattr(network, "out_channels", None),
+        meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("num_channels"),
+        net_def.get("out_channels") if isinstance(net_def, Mapping) else None,
+    ):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def collapse_channels(label: torch.Tensor) -> torch.Tensor:

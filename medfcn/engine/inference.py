@@ -345,7 +345,13 @@ class Segmenter:
     ) -> None:
         from monai.transforms import Compose, LoadImaged
 
-        from medfcn.bundle.standard import class_names_of, inferer_updates, open_config, read_pipeline
+        from medfcn.bundle.standard import (
+            class_names_of,
+            inferer_updates,
+            open_config,
+            out_channels_of,
+            read_pipeline,
+        )
         from medfcn.bundle.weights import load_network
 
         self.bundle_root = Path(bundle).resolve()
@@ -426,7 +432,7 @@ class Segmenter:
             )
         self.network.eval()
         self.class_names = class_names_of(
-            meta, getattr(self.network, "out_channels", None), self.name, multilabel=self.multilabel
+            meta, out_channels_of(parser, self.network), self.name, multilabel=self.multilabel
         )
         try:
             self.in_channels: int | None = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
@@ -481,7 +487,8 @@ class Segmenter:
             raise InputError(
                 f"the {self.name} bundle expects {self.in_channels} input channel(s); {name} has "
                 f"{data[self.image_key].shape[0]} (shape {'x'.join(str(s) for s in source_image.shape)}). "
-                "Pass a single-phase scan."
+                + ("Pass a single-phase scan." if self.in_channels == 1 else
+                   f"Pass a {self.in_channels}-channel image (a 4D NIfTI, or one file per channel).")
             )
         return _Loaded(
             data=data, source=source_image, seconds=time.perf_counter() - t0, nonfinite_voxels=nonfinite
@@ -671,6 +678,12 @@ class _Found:
     sources: dict[str, str]  # case id -> source shown in the summary
     skipped: list[CaseResult]
     roots: list[Path]
+    reports: list[Any] = field(default_factory=list)  # DiscoveryReports: own the zip extractions
+
+    def close(self) -> None:
+        """Remove the folders zip archives were extracted to."""
+        for report in self.reports:
+            report.close()
 
 
 def _discover(input_path: Path, *, modality: str | None, min_slices: int | None) -> _Found:
@@ -688,11 +701,13 @@ def _discover(input_path: Path, *, modality: str | None, min_slices: int | None)
     cases: list[Case] = []
     sources: dict[str, str] = {}
     skipped: list[CaseResult] = []
+    reports: list[Any] = []
     for entry in entries:
         if not entry.exists():
             skipped.append(CaseResult("", str(entry), "", "skipped", f"{entry} does not exist"))
             continue
         report = find_cases(entry, **kwargs)
+        reports.append(report)
         prefix = "" if entry == input_path else f"{entry}"
         for case in report.cases:
             if case.id in sources:  # the same scan listed twice, or two roots with same-named files
@@ -720,7 +735,7 @@ def _discover(input_path: Path, *, modality: str | None, min_slices: int | None)
     # scans it), but a single scan file only itself, so results may go beside it (`--input ct.nii.gz
     # --output results/` in the folder that holds the scan).
     roots = [e.parent if e.is_file() and e.name.upper() == "DICOMDIR" else e for e in entries if e.exists()]
-    return _Found(cases, sources, skipped, roots)
+    return _Found(cases, sources, skipped, roots, reports)
 
 
 def _is_done(case_dir: Path) -> bool:
@@ -959,7 +974,7 @@ def segment_folder(
         InputError: ``input`` missing, ``output`` inside ``input``, an unreadable list file.
         BundleError: the bundle cannot be loaded.
     """
-    from tqdm.auto import tqdm
+    from medfcn._progress import progress as progress_bar
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)
@@ -987,8 +1002,10 @@ def segment_folder(
         if world > 1:
             import torch.distributed as dist
 
-            box: list[Any] = [found]
+            # the extracted zip folders stay with rank 0, which removes them (same machine under torchrun)
+            box: list[Any] = [_Found(found.cases, found.sources, found.skipped, found.roots)]
             dist.broadcast_object_list(box, src=0)
+            box[0].reports = found.reports
             found = box[0]
         for root in found.roots:
             if _is_within(out, root):
@@ -1016,13 +1033,13 @@ def segment_folder(
                 rows[case.id] = _result_from_done(case, found.sources[case.id], case_dir)
             else:
                 todo.append(case)
-        bar = tqdm(
+        bar = progress_bar(  # without a terminal, the write() below is the one line per case
             total=len(mine),
             initial=len(mine) - len(todo),
             unit="case",
-            disable=not progress or rank != 0,
+            enabled=progress and rank == 0,
             desc="segmenting",
-            dynamic_ncols=True,
+            lines="none",
         )
         with bar, _loader(segmenter, todo, prefetch) as loaded_cases:
             for case, loaded, load_error in loaded_cases:
@@ -1109,6 +1126,7 @@ def segment_folder(
             dist.barrier()  # the summary exists before any rank returns
         return summary
     finally:
+        found.close()
         if group_created:
             import torch.distributed as dist
 

@@ -4,6 +4,11 @@
 
 * NIfTI files (``.nii``, ``.nii.gz``) and, optionally, NRRD/MetaImage files (``.nrrd``, ``.nhdr``,
   ``.mha``, ``.mhd``) are one case each (header read only);
+* zip archives (``.zip``, or any file that starts like one) are extracted to a temporary folder and
+  walked as if they were folders (:mod:`medfcn.data.archives`); the report removes the folder on
+  :meth:`DiscoveryReport.close` (and at garbage collection or exit);
+* enhanced multi-frame CT/MR/PET files are one series each, their frames placed by the per-frame
+  functional groups (:mod:`medfcn.data.enhanced`);
 * DICOM files (with or without extension, with or without the 128-byte preamble) are read up to the
   pixel data and grouped into series by ``SeriesInstanceUID`` -- several series may share a folder and
   one series may be spread over several folders. A ``DICOMDIR`` is ignored: the files it indexes are
@@ -47,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medfcn.data.archives import ArchiveError, TemporaryTree, extract_zip, looks_like_zip
 from medfcn.data.enhanced import ENHANCED_VOLUME_SOP_CLASSES, FrameGeometry, expand_frames, frame_geometries
 from medfcn.errors import InputError
 
@@ -199,6 +205,19 @@ class DiscoveryReport:
     root: Path
     cases: list[Case] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    temporary: list[TemporaryTree] = field(default_factory=list, repr=False, compare=False)
+    """Folders zip archives were extracted to; the cases' paths point into them until :meth:`close`."""
+
+    def close(self) -> None:
+        """Remove the folders zip archives were extracted to (also done at garbage collection and exit)."""
+        for tree in self.temporary:
+            tree.close()
+
+    def __enter__(self) -> DiscoveryReport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"root", "cases": [...], "skipped": [...]}``."""
@@ -721,6 +740,8 @@ class _File:
     rel: str
     real: str
     is_link: bool
+    zip_depth: int = 0  # archives this file was extracted from
+    shown: str | None = None  # the name in reports, where ``rel`` was changed to mark an archive
 
 
 def _walk(root: Path, skipped: list[Skipped]) -> list[_File]:
@@ -977,7 +998,9 @@ def find_cases(
 
     Args:
         root: a folder tree, a single NIfTI/NRRD/MetaImage file, a single DICOM file, a series folder,
-            or a ``DICOMDIR`` file (its folder is scanned).
+            a zip archive, or a ``DICOMDIR`` file (its folder is scanned). Zip archives anywhere in the
+            tree are extracted to a temporary folder (:mod:`medfcn.data.archives`) that
+            :meth:`DiscoveryReport.close` removes; their members are reported as ``study.zip/...``.
         modality: keep only DICOM series of this Modality (case-insensitive, e.g. ``"CT"``); NIfTI and
             image files carry no modality and are always kept.
         min_slices: skip DICOM series with fewer slices (localisers, key images). Default
@@ -994,7 +1017,7 @@ def find_cases(
         InputError: ``root`` does not exist or cannot be listed, ``min_slices < 1``, or an invalid
             ``series_description`` pattern.
     """
-    from tqdm import tqdm
+    from medfcn._progress import progress as progress_bar
 
     root_path = Path(root)
     if not root_path.exists():
@@ -1016,7 +1039,9 @@ def find_cases(
             raise InputError(f"{root_path}: permission denied (the folder cannot be listed)")
         files = _walk(root_path, skipped)
     else:
-        files = [_File(root_path, ".", os.path.realpath(root_path), False)]
+        # a zip archive given directly reports its members as "study.zip/..." (a scan file as ".")
+        rel = root_path.name if looks_like_zip(root_path) else "."
+        files = [_File(root_path, rel, os.path.realpath(root_path), False)]
 
     companions: set[str] = set()
     for f in files:
@@ -1025,7 +1050,20 @@ def find_cases(
 
     cases: list[Case] = []
     headers: list[_DicomHeader] = []
-    for f in tqdm(files, desc="scanning", unit="file", disable=not progress, leave=False):
+    temporary: list[TemporaryTree] = []
+    bar = progress_bar(total=len(files), desc="scanning", unit="file", enabled=progress, leave=False, lines="end")
+    queue = list(reversed(files))
+    while queue:
+        f = queue.pop()
+        bar.update(1)
+        if _suffix(f.rel, (".zip",)):
+            inner = _open_zip(f, skipped, temporary)
+            for g in inner:
+                if _suffix(g.rel, (".mhd", ".nhdr")):
+                    companions |= _companion_files(g.path)
+            bar.total += len(inner)
+            queue.extend(reversed(inner))
+            continue
         if _suffix(f.path.name, _NIFTI_SUFFIXES):
             result = _nifti_case(f)
         elif _suffix(f.path.name, _IMAGE_SUFFIXES):
@@ -1039,6 +1077,10 @@ def find_cases(
             try:
                 header = _read_dicom_header(f.path, f.rel)
             except _NotDicom as err:
+                if str(err) == "not a DICOM or image file" and looks_like_zip(f.path):
+                    queue.append(_File(f.path, f.rel + ".zip", f.real, f.is_link, f.zip_depth, f.rel))
+                    bar.total += 1
+                    continue  # a zip archive without the .zip name: opened as one
                 skipped.append(Skipped(f.rel, str(err)))
                 continue
             if header is not None:
@@ -1048,6 +1090,7 @@ def find_cases(
             skipped.append(result)
         else:
             cases.append(result)
+    bar.close()
 
     dicom_cases, dicom_skips = _dicom_cases(
         headers, modality=wanted_modality, min_slices=min_slices, description_re=description_re
@@ -1057,7 +1100,47 @@ def find_cases(
     _assign_ids(cases)
     cases.sort(key=lambda c: (c.source, c.id))
     skipped.sort(key=lambda s: (s.path, s.reason))
-    return DiscoveryReport(root=root_path, cases=cases, skipped=skipped)
+    used = {
+        str(t.path) for t in temporary if any(str(p).startswith(str(t.path)) for c in cases for p in c.paths)
+    }
+    for tree in temporary:  # archives that gave no case: nothing will read their files again
+        if str(tree.path) not in used:
+            tree.close()
+    return DiscoveryReport(
+        root=root_path, cases=cases, skipped=skipped, temporary=[t for t in temporary if not t.closed]
+    )
+
+
+_MAX_ZIP_DEPTH = 2  # a zip inside a zip is opened; deeper nesting is reported, not unpacked
+
+
+def _open_zip(f: _File, skipped: list[Skipped], temporary: list[TemporaryTree]) -> list[_File]:
+    """Extract an archive found by the walk; its files, with ``rel`` under the archive's own path."""
+    where = f.shown or f.rel
+    if f.zip_depth >= _MAX_ZIP_DEPTH:
+        skipped.append(
+            Skipped(
+                where, f"zip archive nested {f.zip_depth} deep in zip archives: not opened (extract it first)"
+            )
+        )
+        return []
+    try:
+        tree, unsafe = extract_zip(f.path)
+    except ArchiveError as err:
+        skipped.append(Skipped(where, str(err)))
+        return []
+    temporary.append(tree)
+    skipped.extend(
+        Skipped(f"{f.rel}/{name}", "unsafe path in zip archive (absolute or '..'): not extracted")
+        for name in unsafe
+    )
+    inner_skips: list[Skipped] = []
+    files = _walk(tree.path, inner_skips)
+    skipped.extend(Skipped(f"{where}/{s.path}", s.reason) for s in inner_skips)
+    out = [_File(g.path, f"{where}/{g.rel}", g.real, g.is_link, f.zip_depth + 1) for g in files]
+    if not out and not unsafe:
+        skipped.append(Skipped(where, "empty zip archive (no files)"))
+    return out
 
 
 def _group_path(headers: Sequence[_DicomHeader]) -> str:

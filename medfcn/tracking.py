@@ -116,7 +116,7 @@ def run_tags(bundle_name: str, metadata: Mapping[str, Any], data_dir: str | os.P
     import monai
     import torch
 
-    from medfcn import __version__
+    from medfcn._version import __version__
 
     tags = {
         "medfcn.version": __version__,

@@ -496,7 +496,7 @@ def export_bundle(
     import torch
     from monai.data.torchscript_utils import save_net_with_metadata
 
-    import medfcn
+    from medfcn._version import __version__ as medfcn_version
 
     root = Path(bundle).resolve()
     if not root.is_dir():
@@ -557,7 +557,7 @@ def export_bundle(
         how: Bump = ("patch" if weights_changed else "none") if bump == "auto" else bump
         version = _bump(old_version, how, meta_path)
         now = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        parts = [f"TorchScript{' + ONNX' if onnx else ''} export ({now}, medfcn {medfcn.__version__})"]
+        parts = [f"TorchScript{' + ONNX' if onnx else ''} export ({now}, medfcn {medfcn_version})"]
         if ts_diff is not None:
             size = "x".join(str(s) for s in shape[2:])
             parts.append(f"max |TorchScript - checkpoint| {ts_diff:.2e}")
@@ -584,7 +584,7 @@ def export_bundle(
         new_meta["numpy_version"] = numpy.__version__
         new_meta[WEIGHTS_DIGEST_KEY] = weights_sha256
         required = dict(new_meta.get("required_packages_version", {}) or {})
-        required["medfcn"] = medfcn.__version__
+        required["medfcn"] = medfcn_version
         new_meta["required_packages_version"] = required
 
         # ---- write: model.ts (with the new metadata), model.onnx, then metadata.json last

@@ -1,4 +1,5 @@
-"""Shared pieces of the CLI: exit codes, error formatting, console."""
+"""Shared pieces of the CLI: exit codes, error formatting, the options every command spells the same way
+(``--bundle``, ``--device``, ``--amp/--no-amp``, ``--quiet/-q``) and the help renderer."""
 
 from __future__ import annotations
 
@@ -11,12 +12,76 @@ import typer
 
 from medfcn.errors import MedfcnError
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "bundle_option", "fail", "user_errors"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "HELP_WIDTH",
+    "amp_option",
+    "bundle_option",
+    "device_option",
+    "fail",
+    "new_app",
+    "quiet_option",
+    "user_errors",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command could not do its job (bad bundle, unreadable dataset, ...)
 EXIT_USAGE = 2  # wrong options or paths (typer/click use 2 as well)
 EXIT_PARTIAL = 3  # batch commands: some cases failed, the others succeeded
+
+HELP_WIDTH = 120
+"""Help is wrapped at word boundaries to the terminal's width, at most this many columns (never cut)."""
+
+
+def new_app(**kwargs: Any) -> typer.Typer:
+    """A ``typer.Typer`` with the settings every medfcn command group shares.
+
+    Help is rendered by click's plain formatter (``rich_markup_mode=None``), not typer's rich panels:
+    typer 0.29's panels print a ``<bool>`` value column for flags such as ``--tta`` (which take no value)
+    and cut option names at 80 columns when stdout is not a terminal; the plain formatter lists a flag
+    as a flag and rewraps each paragraph to the width. tests/cli/test_help.py holds both properties.
+    """
+    settings: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": HELP_WIDTH}
+    settings.update(kwargs.pop("context_settings", {}))
+    return typer.Typer(
+        rich_markup_mode=None,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings=settings,
+        **kwargs,
+    )
+
+
+def device_option() -> Any:
+    """``--device``, spelled and explained once for every command that runs a network."""
+    return typer.Option(
+        "--device",
+        help="auto (a GPU if there is one, under torchrun the rank's own; else the CPU), cpu, cuda or cuda:N.",
+    )
+
+
+def amp_option(note: str = "") -> Any:
+    """``--amp/--no-amp`` (default ``None``: on for CUDA, off on the CPU); ``note`` adds what it changes
+    for this command."""
+    help_text = (
+        "Mixed precision: CUDA bf16 (fp16 on GPUs without bf16), CPU bf16. Default: on for CUDA (faster, "
+        "less memory), off on the CPU (fp32): bf16 is faster only on CPUs with AVX512-BF16/AMX units (see "
+        "medfcn info), slower on others."
+    )
+    return typer.Option("--amp/--no-amp", help=f"{help_text} {note}".strip(), show_default=False)
+
+
+def quiet_option() -> Any:
+    """``--quiet/-q``: the one switch for progress output on every command."""
+    return typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress output (a bar on a terminal, else one line per case or epoch); warnings and errors "
+        "still print.",
+    )
 
 
 def bundle_option(help: str, *, readable: bool = False) -> Any:

@@ -7,12 +7,13 @@ Heavy imports (numpy, nibabel, MONAI) happen inside the commands so that ``medfc
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medfcn.cli._common import EXIT_FAILED, fail, user_errors
+from medfcn.cli._common import EXIT_FAILED, fail, new_app, quiet_option, user_errors
 
 if TYPE_CHECKING:
     from medfcn.data.discovery import DiscoveryReport
@@ -20,10 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "check", "download", "scan", "synth"]
 
-app = typer.Typer(
+app = new_app(
     help="Datasets: synthetic CT phantoms, MSD dataset checks and downloads, scan-folder discovery.",
     no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -69,18 +69,17 @@ def synth(
             help="Also write each test case as a CT DICOM series under OUTPUT/dicom/<case>/.",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, quiet_option()] = False,
 ) -> None:
     """Write a synthetic liver CT dataset in MSD layout (imagesTr/, labelsTr/, imagesTs/, dataset.json).
 
     Phantoms have a body outline, spine, kidneys, spleen, a lobed liver (label 1) with tumours (label 2), random anisotropic spacing and orientation, in Hounsfield units. No patient data.
     """
-    from tqdm import tqdm
-
+    from medfcn._progress import progress
     from medfcn.data.synthetic import write_msd_dataset
 
     total = num_train + num_test
-    with user_errors(), tqdm(total=total, desc="phantoms", unit="case", disable=quiet, leave=False) as bar:
+    with user_errors(), progress(total=total, desc="phantoms", unit="case", enabled=not quiet, leave=False) as bar:
         root = write_msd_dataset(
             output,
             num_train=num_train,
@@ -214,7 +213,7 @@ def download(
             "--keep-archive/--no-keep-archive", help="Keep TASK.tar after extracting (liver: ~27 GB)."
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, quiet_option()] = False,
 ) -> None:
     """Download a Medical Segmentation Decathlon task, verify its md5 and extract it to OUTPUT/TASK.
 
@@ -223,7 +222,9 @@ def download(
     from medfcn.data.msd import download_msd, read_dataset_json
 
     with user_errors():
-        target = download_msd(task, output, url=url, md5=md5, progress=not quiet, keep_archive=keep_archive)
+        # MONAI's download bar redraws with carriage returns: only on a terminal.
+        bar = not quiet and sys.stderr.isatty()
+        target = download_msd(task, output, url=url, md5=md5, progress=bar, keep_archive=keep_archive)
         data = read_dataset_json(target)
     typer.echo(f"{task} ready at {target} ({len(data['training'])} training, {len(data['test'])} test cases)")
     typer.echo(f"next: medfcn data check {target}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_FAILED, user_errors
+from medfcn.cli._common import EXIT_FAILED, device_option, quiet_option, user_errors
 
 __all__ = ["demo"]
 
@@ -28,9 +28,9 @@ def demo(
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs (about 1 s each on 2 CPU cores).")] = 60,
     num_train: Annotated[int, typer.Option("--num-train", min=2, help="Synthetic training cases.")] = 8,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, device_option()] = "auto",
     tracking: Annotated[bool, typer.Option("--tracking/--no-tracking", help="Track training in MLflow.")] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, quiet_option()] = False,
 ) -> None:
     """Generate a small synthetic CT set, train the liver bundle briefly, segment a folder of NIfTI and DICOM
     scans, and print where the masks, the report and the MLflow run are."""

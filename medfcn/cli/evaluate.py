@@ -8,7 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_PARTIAL, bundle_option, user_errors
+from medfcn.cli._common import (
+    EXIT_PARTIAL,
+    amp_option,
+    bundle_option,
+    device_option,
+    quiet_option,
+    user_errors,
+)
 
 __all__ = ["evaluate"]
 
@@ -53,18 +60,8 @@ def evaluate(
             help="CSV to write (case,class,dice,hd95_mm). Default: <bundle>/eval/metrics_<split>.csv.",
         ),
     ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N.")
-    ] = "auto",
-    amp: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--amp/--no-amp",
-            help="Mixed precision (CUDA fp16/bf16, CPU bf16). Default: on for CUDA, off for the CPU; bf16 may "
-            "change Dice slightly.",
-            show_default=False,
-        ),
-    ] = None,
+    device: Annotated[str, device_option()] = "auto",
+    amp: Annotated[Optional[bool], amp_option("bf16 may change Dice slightly.")] = None,
     val_fraction: Annotated[
         float,
         typer.Option(
@@ -72,7 +69,7 @@ def evaluate(
         ),
     ] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Split seed used at training (split val).")] = 0,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    quiet: Annotated[bool, quiet_option()] = False,
 ) -> None:
     """Score a bundle on held-out labelled cases: Dice and 95% Hausdorff distance (mm) per class and case.
 
@@ -93,7 +90,7 @@ def evaluate(
             amp=amp,
             val_fraction=val_fraction,
             seed=seed,
-            progress=progress,
+            progress=not quiet,
         )
     typer.echo(format_summary(result))
     typer.echo(f"{len(result.rows)} rows written to {result.csv_path} ({result.seconds:.1f} s)")

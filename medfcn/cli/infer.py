@@ -12,8 +12,11 @@ from medfcn.cli._common import (
     EXIT_OK,
     EXIT_PARTIAL,
     EXIT_USAGE,
+    amp_option,
     bundle_option,
+    device_option,
     fail,
+    quiet_option,
     user_errors,
 )
 
@@ -53,19 +56,10 @@ def infer(
             "preview.png, stats.json; summary.csv, summary.json, run.json.",
         ),
     ],
-    device: Annotated[
-        str, typer.Option("--device", help="auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N.")
-    ] = "auto",
+    device: Annotated[str, device_option()] = "auto",
     amp: Annotated[
         Optional[bool],
-        typer.Option(
-            "--amp/--no-amp",
-            help="Mixed precision (CUDA fp16/bf16, CPU bf16). Default: on for CUDA (faster, less memory), off "
-            "for the CPU (fp32, as the bundle computes it). On CPUs with bf16 units (AVX512-BF16, AMX; see "
-            "medfcn info) --amp runs the network faster (1.5-1.6x with AVX512-BF16 alone, more with AMX); on "
-            "others bf16 is slower.",
-            show_default=False,
-        ),
+        amp_option("With AVX512-BF16 alone the network runs 1.5-1.6x faster on the CPU, more with AMX."),
     ] = None,
     sw_batch_size: Annotated[
         Optional[int],
@@ -118,7 +112,7 @@ def infer(
             help="Skip DICOM series with fewer slices (localisers, single images). Default: discovery's.",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or per-case lines.")] = False,
+    quiet: Annotated[bool, quiet_option()] = False,
 ) -> None:
     """Segment every scan in --input with a bundle; results go to --output/<case-id>/.
 

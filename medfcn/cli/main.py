@@ -10,17 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn import __version__
+from medfcn._version import __version__
+from medfcn.cli._common import new_app
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+app = new_app(
     name="medfcn",
     help="Fully Convolutional Networks for CT and MR segmentation (MONAI bundles, DICOM and NIfTI).",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -38,6 +36,9 @@ def _root(
     ] = False,
 ) -> None:
     """Fully Convolutional Networks for CT and MR segmentation (MONAI bundles, DICOM and NIfTI)."""
+    from medfcn._logging import quiet_third_party
+
+    quiet_third_party()
 
 
 _OPTIONAL_PARTS = {

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_USAGE, bundle_option, user_errors
+from medfcn.cli._common import EXIT_USAGE, amp_option, bundle_option, device_option, quiet_option, user_errors
 
 __all__ = ["train"]
 
@@ -43,18 +43,8 @@ def train(
             "Default: the bundle's (5).",
         ),
     ] = None,
-    device: Annotated[
-        str,
-        typer.Option("--device", help="auto (cuda:LOCAL_RANK if there is a GPU, else the CPU), cpu, cuda, cuda:N."),
-    ] = "auto",
-    amp: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--amp/--no-amp",
-            help="Mixed precision: CUDA bf16 (fp16 + GradScaler on older GPUs), CPU bf16. Default: on for CUDA, "
-            "off on the CPU (bf16 is faster on CPUs with AMX/AVX512-BF16, slower on others).",
-        ),
-    ] = None,
+    device: Annotated[str, device_option()] = "auto",
+    amp: Annotated[Optional[bool], amp_option("fp16 trains with a GradScaler.")] = None,
     amp_dtype: Annotated[
         Optional[str],
         typer.Option("--amp-dtype", help="auto, fp16 (CUDA only) or bf16. Default: the bundle's (auto)."),
@@ -96,9 +86,7 @@ def train(
     experiment: Annotated[
         Optional[str], typer.Option("--experiment", help="MLflow experiment name. Default: the bundle name.")
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bars or per-validation lines (logs only).")
-    ] = False,
+    quiet: Annotated[bool, quiet_option()] = False,
 ) -> None:
     """Train a bundle: AMP on CUDA, sliding-window validation, best model to models/model.pt, MLflow.
 

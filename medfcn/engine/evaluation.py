@@ -329,8 +329,8 @@ def evaluate(
         BundleError: the bundle cannot be loaded.
     """
     from monai.transforms import LoadImage
-    from tqdm.auto import tqdm
 
+    from medfcn._progress import progress as progress_bar
     from medfcn.engine.inference import Segmenter
 
     t0 = time.perf_counter()
@@ -346,9 +346,7 @@ def evaluate(
     load_label = LoadImage(image_only=True, ensure_channel_first=False)
     rows: list[CaseMetrics] = []
     failed: list[tuple[str, str]] = []
-    for item in tqdm(
-        items, desc=f"evaluating ({split})", unit="case", disable=not progress, dynamic_ncols=True
-    ):
+    for item in progress_bar(items, desc=f"evaluating ({split})", unit="case", enabled=progress, lines="each"):
         case = _case_name(item["image"])
         try:
             pred = seg(item["image"])

@@ -515,15 +515,15 @@ class _Progress:
             self.evaluator.add_event_handler(Events.COMPLETED, self._val_completed)
 
     def _epoch_started(self, engine: Engine) -> None:
-        from tqdm.auto import tqdm
+        from medfcn._progress import progress
 
         self._loss = []
-        self.bar = tqdm(
+        self.bar = progress(  # without a terminal: one line per epoch
             total=engine.state.epoch_length,
             desc=f"epoch {engine.state.epoch}/{engine.state.max_epochs}",
             unit="batch",
             leave=False,
-            dynamic_ncols=True,
+            lines="end",
         )
 
     def _iteration(self, engine: Engine) -> None:

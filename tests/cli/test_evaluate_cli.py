@@ -41,7 +41,7 @@ def test_dataset_without_dataset_json_is_a_one_line_error(tmp_path: Path) -> Non
     (tmp_path / "data").mkdir()
     result = runner.invoke(
         app,
-        ["evaluate", "--bundle", str(tmp_path / "bundle"), "--data", str(tmp_path / "data"), "--no-progress"],
+        ["evaluate", "--bundle", str(tmp_path / "bundle"), "--data", str(tmp_path / "data"), "--quiet"],
     )
     assert result.exit_code == EXIT_FAILED
     assert "dataset.json" in result.output and "Traceback" not in result.output
@@ -65,7 +65,7 @@ def test_evaluate_cli_writes_csv_and_prints_summary(
             str(out),
             "--device",
             "cpu",
-            "--no-progress",
+            "--quiet",
         ],
     )
     assert result.exit_code == EXIT_OK, result.output

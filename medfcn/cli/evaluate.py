@@ -26,6 +26,11 @@ class _Split(str, Enum):
     all = "all"
 
 
+class _Overlap(str, Enum):
+    error = "error"
+    higher = "higher"
+
+
 def evaluate(
     bundle: Annotated[
         Path,
@@ -39,7 +44,8 @@ def evaluate(
             "--data",
             exists=True,
             resolve_path=True,
-            help="MSD-layout dataset folder (dataset.json, imagesTr/, labelsTr/). Only read.",
+            help="Dataset: an MSD or nnU-Net v2 raw folder (dataset.json), or a CSV/JSON list of image/label "
+            "paths. Only read.",
         ),
     ],
     split: Annotated[
@@ -70,6 +76,23 @@ def evaluate(
     ] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Split seed used at training (split val).")] = 0,
     quiet: Annotated[bool, quiet_option()] = False,
+    segment_map: Annotated[
+        Optional[str],
+        typer.Option(
+            "--segment-map",
+            help="DICOM SEG labels: which segment is which bundle class, e.g. 'Liver=liver,2=tumour' (segment "
+            "label, number or SCHEME:CODE = class name or value). Default: segments match classes by name, "
+            "then by SNOMED code from the bundle metadata.",
+        ),
+    ] = None,
+    segment_overlap: Annotated[
+        _Overlap,
+        typer.Option(
+            "--segment-overlap",
+            help="DICOM SEG labels whose segments of different classes overlap: error (the case fails, "
+            "counted) or higher (the higher class value wins, e.g. tumour over liver).",
+        ),
+    ] = _Overlap.error,
 ) -> None:
     """Score a bundle on held-out labelled cases: Dice and 95% Hausdorff distance (mm) per class and case.
 
@@ -91,6 +114,8 @@ def evaluate(
             val_fraction=val_fraction,
             seed=seed,
             progress=not quiet,
+            segment_map=segment_map,
+            segment_overlap=segment_overlap.value,  # type: ignore[arg-type]
         )
     typer.echo(format_summary(result))
     typer.echo(f"{len(result.rows)} rows written to {result.csv_path} ({result.seconds:.1f} s)")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from medfcn._io import atomic_write
-from medfcn.data.segment_codes import ClassInfo, algorithm_title, class_table, to_code
+from medfcn.data.segment_codes import ClassInfo, algorithm_title, as_class_table, to_code
 from medfcn.errors import InputError
 
 __all__ = [
@@ -63,7 +63,7 @@ def segment_descriptions(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    table = _as_table(classes)
+    table = as_class_table(classes)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_title(algorithm_name, algorithm_version),
         version=algorithm_version[:64],
@@ -96,13 +96,6 @@ def segment_descriptions(
             )
             out[-1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [item]
     return out
-
-
-def _as_table(classes: Mapping[int, ClassInfo] | Mapping[int, str]) -> dict[int, ClassInfo]:
-    """Class records from records or from names (coded by the name table)."""
-    if all(isinstance(v, ClassInfo) for v in classes.values()):
-        return {int(k): v for k, v in classes.items() if int(k) != 0}  # type: ignore[misc]
-    return class_table({}, {int(k): str(v) for k, v in classes.items()})
 
 
 def source_planes(
@@ -253,7 +246,7 @@ def write_dicom_seg(
     out = Path(out_path)
     datasets = read_sources(source_files, "SEG")
     frames = label_to_frames(np.asarray(label), affine, datasets).astype(np.uint8)
-    table = _as_table(class_names)
+    table = as_class_table(class_names)
     present = set(table)
     # Values the bundle does not declare would make highdicom fail with a less clear message.
     stray = {int(v) for v in np.unique(frames)} - present - {0}

@@ -10,7 +10,10 @@ What it reads (``LoadImage`` passes a path or a list of paths):
 * a DICOM series folder (the one image series in it; an error if there are several),
 * a list of the DICOM files of one series (e.g. :meth:`medfcn.data.discovery.Case.load_input`),
 * a single NRRD/MetaImage file (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``), through SimpleITK,
-* NIfTI files, handed to MONAI's own ``NibabelReader`` unchanged (same array, same metadata).
+* NIfTI files, handed to MONAI's own ``NibabelReader`` unchanged (same array, same metadata),
+* enhanced multi-frame CT/MR/PET files (frames sorted and placed by their functional groups),
+* a DICOM SEG listed as the label of an MSD dataset: the label map on the grid of the series it
+  references (:func:`medfcn.data.seg_labels.read_seg_label_for_dataset`).
 
 Why not MONAI's readers: ``ITKReader`` needs the ``itk`` package (~1.5 GB); ``PydicomReader`` returns a
 z-flipped voxel order when InstanceNumber runs against the slice position. Here the files are sorted
@@ -69,9 +72,10 @@ from medfcn.data.discovery import (
     _suffix,
     _validate_series,
 )
+from medfcn.data.seg_labels import is_dicom_seg, read_seg_label_for_dataset
 from medfcn.errors import InputError
 
-__all__ = ["DicomSeriesReader"]
+__all__ = ["DicomSeriesReader", "series_geometry"]
 
 Backend = Literal["auto", "simpleitk", "pydicom"]
 
@@ -93,6 +97,11 @@ class _Delegated:
     reader: Any  # monai.data.NibabelReader
     image: Any
     where: str
+
+
+@dataclass
+class _SegLabel:
+    path: Path
 
 
 @dataclass
@@ -279,6 +288,26 @@ def _read_pydicom(geom: _Geometry) -> np.ndarray:
     return volume
 
 
+def series_geometry(data: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> _Geometry:
+    """The validated geometry of a DICOM series (a folder or its files), from the headers alone.
+
+    The same checks and slice order as :meth:`DicomSeriesReader.read`; derived objects (SEG labels,
+    RTSTRUCT) use it to place their voxels on the grid the reader loads.
+
+    Raises:
+        InputError: not one valid DICOM image series (one line naming the folder or file).
+    """
+    paths = [Path(os.fspath(p)) for p in ensure_tuple(data)]
+    if not paths:
+        raise InputError("no DICOM series given")
+    where = _where(paths)
+    headers = _folder_headers(paths[0]) if len(paths) == 1 and paths[0].is_dir() else _file_headers(paths)
+    try:
+        return _validate_series(headers)
+    except InputError as err:
+        raise InputError(f"DICOM series {where}: {err}") from err
+
+
 class DicomSeriesReader(ImageReader):
     """Read a DICOM series (folder or file list) or an NRRD/MetaImage file; NIfTI goes to MONAI's reader.
 
@@ -355,6 +384,8 @@ class DicomSeriesReader(ImageReader):
                 headers = _folder_headers(paths[0])
             elif len(paths) == 1 and _is_image(paths[0]):
                 return _Volume(self._read_volume(paths[0]), where)
+            elif len(paths) == 1 and paths[0].is_file() and is_dicom_seg(paths[0]):
+                return _SegLabel(paths[0])  # a DICOM SEG as the label of an MSD dataset (training)
             else:
                 headers = _file_headers(paths)
             try:
@@ -385,6 +416,13 @@ class DicomSeriesReader(ImageReader):
             return nifti, meta
         if isinstance(img, _Volume):
             return self._volume_data(img)
+        if isinstance(img, _SegLabel):
+            label, affine = read_seg_label_for_dataset(img.path)
+            x, y, z = label.shape
+            spacing = np.linalg.norm(affine[:3, :3], axis=0)
+            return label.astype(np.float32), self._meta(
+                affine, (x, y, z), (float(spacing[0]), float(spacing[1]), float(spacing[2])), str(img.path)
+            )
         if not isinstance(img, _Series):
             raise TypeError(
                 f"DicomSeriesReader.get_data expects what read() returned, got {type(img).__name__}"
@@ -397,7 +435,9 @@ class DicomSeriesReader(ImageReader):
         array: np.ndarray | None = None
         for backend in order:
             try:
-                reader = {"simpleitk": _read_simpleitk, "pydicom": _read_pydicom, "frames": _read_frames}[backend]
+                reader = {"simpleitk": _read_simpleitk, "pydicom": _read_pydicom, "frames": _read_frames}[
+                    backend
+                ]
                 array = reader(geom)
                 break
             except Exception as err:  # try the next decoder; report the last one's reason

@@ -47,6 +47,7 @@ __all__ = [
     "ClassInfo",
     "Code",
     "algorithm_title",
+    "as_class_table",
     "class_table",
     "labels_document",
     "preview_window",
@@ -234,6 +235,22 @@ def algorithm_title(bundle: str, version: str) -> str:
     Not the class name: a reader must be able to tell which model and which version drew a segment.
     """
     return f"medfcn {bundle} bundle {version}"[:64]
+
+
+def as_class_table(classes: Mapping[int, ClassInfo] | Mapping[int, str]) -> dict[int, ClassInfo]:
+    """Class records as they are, or coded from names (name table, then local codes); background dropped."""
+    out: dict[int, ClassInfo] = {}
+    names: dict[int, str] = {}
+    for key, value in classes.items():
+        if int(key) == 0:
+            continue
+        if isinstance(value, ClassInfo):
+            out[int(key)] = value
+        else:
+            names[int(key)] = str(value)
+    if names:
+        out.update(class_table({}, names))
+    return dict(sorted(out.items()))
 
 
 def volume_ranges(table: Mapping[int, ClassInfo]) -> dict[str, tuple[float, float]]:

@@ -33,6 +33,7 @@ import io
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -244,7 +245,9 @@ def write_csv(rows: Sequence[CaseMetrics], path: str | os.PathLike[str]) -> Path
 # ----------------------------------------------------------------------------------------------- cases
 
 
-def _case_name(path: str) -> str:
+def _case_name(path: str | list[str]) -> str:
+    if isinstance(path, list):  # one file per channel (nnU-Net v2 raw): the case id without _0000
+        return re.sub(r"_\d{4}$", "", _case_name(path[0]))
     name = Path(path).name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
         if name.endswith(suffix):
@@ -258,8 +261,11 @@ def select_cases(
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """The labelled ``{"image", "label"}`` items of ``split`` (see the module docstring).
+
+    ``data_dir`` may be any format of :func:`medfcn.data.datasets.read_dataset` (MSD, nnU-Net v2 raw,
+    CSV/JSON list); ``"image"`` is a list of paths for a case stored as one file per channel.
 
     Raises:
         DataError: no dataset.json, or the split has no labelled case.
@@ -280,7 +286,11 @@ def select_cases(
         if not items:
             root = Path(data_dir) if Path(data_dir).is_dir() else Path(data_dir).parent
             for item in datalist.get("test", []):
-                label = root / "labelsTs" / Path(item["image"]).name
+                if isinstance(item["image"], list):  # nnU-Net: labelsTs/<case><file_ending>
+                    first = Path(item["image"][0]).name
+                    label = root / "labelsTs" / first.replace(f"{_case_name(item['image'])}_0000", _case_name(item["image"]), 1)
+                else:
+                    label = root / "labelsTs" / Path(item["image"]).name
                 if label.is_file():
                     items.append({"image": item["image"], "label": str(label)})
         if not items:
@@ -290,7 +300,10 @@ def select_cases(
             )
     if not items:
         raise DataError(f"{data_dir}: the {split} split holds no labelled case")
-    return [{"image": str(i["image"]), "label": str(i["label"])} for i in items]
+    return [
+        {"image": [str(p) for p in i["image"]] if isinstance(i["image"], list) else str(i["image"]), "label": str(i["label"])}
+        for i in items
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -307,8 +320,14 @@ def evaluate(
     val_fraction: float = 0.2,
     seed: int = 0,
     progress: bool = True,
+    segment_map: str | Mapping[str, str] | None = None,
+    segment_overlap: Literal["error", "higher"] = "error",
 ) -> EvaluationResult:
     """Segment the labelled cases of ``split`` with the bundle and score them against their labels.
+
+    A label may be a DICOM SEG of the case's DICOM series (3D Slicer, OHIF...): it is matched to the
+    series by the referenced SeriesInstanceUID and its segments to the bundle's classes by name or code
+    (:func:`medfcn.data.seg_labels.read_seg_label`).
 
     Args:
         bundle: bundle folder, or a ready :class:`~medfcn.engine.inference.Segmenter` (then ``device`` and
@@ -320,6 +339,9 @@ def evaluate(
         amp: autocast (see :class:`~medfcn.engine.inference.Segmenter`); ``None`` = on for CUDA only.
         val_fraction, seed: the training split (``split="val"``); use the values the bundle was trained with.
         progress: show a progress bar.
+        segment_map: DICOM SEG labels: explicit segment -> class mapping (``"Liver=liver,2=tumour"``).
+        segment_overlap: DICOM SEG labels whose segments of different classes overlap: ``"error"``
+            (the case fails with the voxel count) or ``"higher"`` (the higher class value wins).
 
     Returns:
         An :class:`EvaluationResult`; a case that cannot be read is listed in ``failed`` and the others go on.
@@ -331,6 +353,8 @@ def evaluate(
     from monai.transforms import LoadImage
 
     from medfcn._progress import progress as progress_bar
+    from medfcn.data.seg_labels import is_dicom_seg, read_seg_label
+    from medfcn.data.segment_codes import class_table
     from medfcn.engine.inference import Segmenter
 
     t0 = time.perf_counter()
@@ -344,15 +368,21 @@ def evaluate(
     num_classes = max(int(k) for k in names) + 1
     fg_names = [names.get(c, f"class_{c}") for c in range(1, num_classes)]
     load_label = LoadImage(image_only=True, ensure_channel_first=False)
+    classes = class_table(seg.metadata, names)  # names and codes a DICOM SEG label is matched against
     rows: list[CaseMetrics] = []
     failed: list[tuple[str, str]] = []
     for item in progress_bar(items, desc=f"evaluating ({split})", unit="case", enabled=progress, lines="each"):
         case = _case_name(item["image"])
         try:
             pred = seg(item["image"])
-            truth = load_label(item["label"])
             spacing = np.sqrt((np.asarray(pred.affine)[:3, :3] ** 2).sum(axis=0))
-            truth_arr = np.rint(np.asarray(truth)).astype(np.int64)
+            if is_dicom_seg(item["label"]):
+                seg_label, _ = read_seg_label(
+                    item["label"], item["image"], classes, mapping=segment_map, overlap=segment_overlap
+                )
+                truth_arr = seg_label.astype(np.int64)
+            else:
+                truth_arr = np.rint(np.asarray(load_label(item["label"]))).astype(np.int64)
             for c, d, h in case_metrics(pred.label[0].numpy(), truth_arr, spacing.tolist(), num_classes):
                 rows.append(CaseMetrics(case, fg_names[c - 1], d, h))
         except (InputError, OSError, RuntimeError, ValueError) as err:  # one bad case never stops the run

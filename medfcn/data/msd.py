@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from medfcn.data.datasets import HOW_TO_GET_DATA
 from medfcn.errors import DataError, InputError
 
 __all__ = [
@@ -53,10 +54,7 @@ def msd_tasks() -> dict[str, tuple[str, str]]:
     return {task: (url, DecathlonDataset.md5[task]) for task, url in DecathlonDataset.resource.items()}
 
 
-_HOW_TO_GET_DATA = (
-    "create a synthetic one with `medfcn data synth --output {root}` "
-    "or fetch the real one with `medfcn data download Task03_Liver --output {parent}`"
-)
+_HOW_TO_GET_DATA = HOW_TO_GET_DATA
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -120,11 +118,16 @@ def read_dataset_json(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_datalist(
     root: str | os.PathLike[str], *, check_files: bool = True
-) -> dict[str, list[dict[str, str]]]:
-    """Read an MSD ``dataset.json`` into MONAI datalists with absolute paths.
+) -> dict[str, list[dict[str, Any]]]:
+    """Read a dataset into MONAI datalists with absolute paths.
+
+    Any format of :func:`medfcn.data.datasets.read_dataset`: an MSD ``dataset.json``, an nnU-Net v2 raw
+    dataset, or a CSV/JSON list of image/label paths. A multi-channel case stored as one file per
+    channel (nnU-Net's ``_0000``, ``_0001``) has a list of paths as ``"image"``; MONAI's ``LoadImaged``
+    stacks it into channels.
 
     Args:
-        root: the dataset folder, or its ``dataset.json``.
+        root: the dataset folder, its ``dataset.json``, or a ``.csv``/``.json`` list file.
         check_files: raise if a listed file does not exist (one stat per file).
 
     Returns:
@@ -132,39 +135,43 @@ def load_datalist(
         ``"validation"`` when the file defines one; ready for ``monai.data.Dataset``.
 
     Raises:
-        DataError: missing or invalid ``dataset.json``, or listed files missing.
+        DataError: missing or invalid dataset description, or listed files missing.
     """
-    from monai.data import load_decathlon_datalist
+    from medfcn.data.datasets import read_dataset
 
-    path = _dataset_json_path(root).resolve()
-    data = read_dataset_json(path)
-    result: dict[str, list[dict[str, str]]] = {}
+    data = read_dataset(root)
+    path = Path(data["source"]).resolve()
+    base = path.parent
+
+    def absolute(p: Any) -> Any:
+        if isinstance(p, list):
+            return [absolute(q) for q in p]
+        q = Path(str(p)).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    result: dict[str, list[dict[str, Any]]] = {}
     for key in ("training", "validation", "test"):
         if key == "validation" and key not in data:
             continue
-        if not data.get(key):
-            result[key] = []
-            continue
-        try:
-            result[key] = load_decathlon_datalist(
-                path, is_segmentation=True, data_list_key=key, base_dir=path.parent
-            )
-        except (TypeError, ValueError) as err:
-            raise DataError(f'{path}: cannot read the "{key}" list ({err})') from err
+        entries = data.get(key) or []
+        result[key] = [
+            {k: absolute(v) for k, v in ({"image": e} if isinstance(e, str) else e).items()} for e in entries
+        ]
     if check_files:
-        missing = [
+        listed = [
             p
             for items in result.values()
             for item in items
-            for k, p in item.items()
+            for k, v in item.items()
             if k in ("image", "label")
+            for p in (v if isinstance(v, list) else [v])
         ]
-        missing = [p for p in missing if not Path(p).exists()]
+        missing = [p for p in listed if not Path(p).exists()]
         if missing:
-            first = os.path.relpath(missing[0], path.parent)
+            first = os.path.relpath(missing[0], base)
             raise DataError(
                 f"{len(missing)} file(s) listed in {path} are missing (first: {first}); "
-                f"run `medfcn data check {path.parent}` for the full list"
+                f"run `medfcn data check {path if data.get('format') == 'list' else base}` for the full list"
             )
     return result
 
@@ -321,10 +328,13 @@ def check_dataset(
     Raises:
         DataError: ``dataset.json`` is missing or invalid (nothing else can be checked).
     """
-    json_path = _dataset_json_path(root).resolve()
-    data = read_dataset_json(json_path)
+    from medfcn.data.datasets import read_dataset
+
+    data = read_dataset(root)  # MSD, nnU-Net v2 raw, or a CSV/JSON list
+    json_path = Path(data["source"]).resolve()
     base = json_path.parent
     problems: list[Problem] = []
+    is_list = data.get("format") == "list"
 
     def rel(path: Path) -> str:
         try:
@@ -339,7 +349,7 @@ def check_dataset(
             labels[int(key)] = str(value)
         except ValueError:
             problems.append(Problem("dataset.json", f"label key {key!r} is not an integer"))
-    if not labels:
+    if not labels and not is_list:  # a plain list of paths names no classes
         problems.append(
             Problem("dataset.json", 'no "labels" declared; expected e.g. {"0": "background", "1": ...}')
         )
@@ -359,7 +369,8 @@ def check_dataset(
     samples: dict[str, list[np.ndarray]] = {m: [] for m in modality}
     label_voxels: dict[int, int] = {}
 
-    def open_image(path: Path) -> Any | None:
+    def open_image(path: Path, channels: int | None = None) -> Any | None:
+        n_expected = n_modalities if channels is None else channels
         if not path.is_file():
             problems.append(Problem(rel(path), "file is missing"))
             return None
@@ -368,15 +379,37 @@ def check_dataset(
         except Exception as err:  # nibabel raises several unrelated types for unreadable files
             problems.append(Problem(rel(path), f"cannot be read as NIfTI ({type(err).__name__}: {err})"))
             return None
-        if img.ndim == 3 or (img.ndim == 4 and img.shape[3] == n_modalities):
+        if img.ndim == 3 or (
+            img.ndim == 4 and (img.shape[3] == n_expected or (is_list and channels is None))
+        ):
             return img
-        expected = "3D" if n_modalities == 1 else f"3D or 4D with {n_modalities} channels (one per modality)"
+        expected = "3D" if n_expected == 1 else f"3D or 4D with {n_expected} channels (one per modality)"
         problems.append(Problem(rel(path), f"expected a {expected} image, found shape {img.shape}"))
         return None
 
+    def open_case(entry: Any) -> tuple[Path, Any | None, list[Any]]:
+        """The first (or only) image file of a case, its header, and the headers of all its channel files."""
+        if not isinstance(entry, list):
+            one = open_image(base / entry)
+            return base / entry, one, [one] if one is not None else []
+        paths = [base / p for p in entry]  # one 3D file per channel (nnU-Net's _0000, _0001, ...)
+        opened = [open_image(p, channels=1) for p in paths]
+        imgs = [i for i in opened if i is not None]
+        if len(imgs) != len(opened):
+            return paths[0], None, []
+        for p, i in zip(paths[1:], imgs[1:], strict=True):
+            if tuple(i.shape) != tuple(imgs[0].shape) or not np.allclose(
+                i.affine, imgs[0].affine, atol=affine_atol
+            ):
+                problems.append(
+                    Problem(rel(p), f"shape or affine differs from the case's first channel {rel(paths[0])}")
+                )
+                return paths[0], None, []
+        return paths[0], imgs[0], imgs
+
     for item in data["training"]:
-        image_path, label_path = base / item["image"], base / item["label"]
-        img, lab = open_image(image_path), None
+        image_path, img, channel_imgs = open_case(item["image"])
+        label_path, lab = base / item["label"], None
         if not label_path.is_file():
             problems.append(Problem(rel(label_path), "label file is missing"))
         else:
@@ -441,7 +474,11 @@ def check_dataset(
         if fg.size > max_intensity_samples:
             fg = rng.choice(fg, size=max_intensity_samples, replace=False)
         try:
-            image_data = np.asanyarray(img.dataobj)
+            image_data = (
+                np.stack([np.asanyarray(i.dataobj) for i in channel_imgs], axis=-1)
+                if len(channel_imgs) > 1
+                else np.asanyarray(img.dataobj)
+            )
         except Exception as err:  # as above
             problems.append(
                 Problem(rel(image_path), f"voxel data cannot be read ({type(err).__name__}: {err})")
@@ -463,8 +500,7 @@ def check_dataset(
             samples[key].append(values[np.isfinite(values)])
 
     for entry in data["test"]:
-        path = base / (entry if isinstance(entry, str) else entry["image"])
-        img = open_image(path)
+        _, img, _ = open_case(entry if isinstance(entry, (str, list)) else entry["image"])
         if img is not None:
             all_spacings.append(_spacing(img))
 

@@ -681,6 +681,7 @@ def train(
     from medfcn import tracking as tracking_mod
 
     t0 = time.perf_counter()
+    started_at = time.time()
     root = Path(bundle).expanduser().resolve()
     configs = root / "configs"
     train_json, meta_json = configs / "train.json", configs / "metadata.json"
@@ -699,9 +700,16 @@ def train(
     updates: dict[str, Any] = {"bundle_root": str(root)}
     data = Path(data_dir if data_dir is not None else raw.get("dataset_dir", "data")).expanduser()
     data = data.resolve()
-    if not (data / "dataset.json").is_file():
+    if not (data / "dataset.json").is_file() and not (data.is_file() and data.suffix.lower() in (".csv", ".json")):
         raise _missing_dataset(data)
     updates["dataset_dir"] = str(data)
+    # -- datasets beside MSD (nnU-Net v2 raw, CSV/JSON lists: medfcn.data.datasets); channels -> in_channels
+    from medfcn.bundle import channel_updates
+    from medfcn.data.datasets import count_channels
+
+    data_channels = count_channels(data)
+    updates.update(channel_updates(root, data_channels))
+    # --
     out = Path(output_dir).expanduser().resolve() if output_dir is not None else root / "runs" / "train"
     updates["output_dir"] = str(out)
     dev = _resolve_device(device)
@@ -805,7 +813,7 @@ def train(
     metrics_file = out / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     run_id = tracking_mod.find_run_id(run_info) if run_info else None
-    return TrainResult(
+    result = TrainResult(
         bundle=root,
         output_dir=out,
         model_path=root / "models" / "model.pt",
@@ -815,6 +823,15 @@ def train(
         run_id=run_id,
         seconds=time.perf_counter() - t0,
     )
+    # -- trained on another channel count than the bundle declared: its inference must build that network
+    weights = result.model_path
+    if "network_def" in updates and weights.is_file() and weights.stat().st_mtime >= started_at:
+        from medfcn.bundle import set_in_channels
+
+        set_in_channels(weights.parent.parent, data_channels)
+        logger.warning("in_channels set to %d (the dataset's channels) in %s/configs", data_channels, weights.parent.parent)
+    # --
+    return result
 
 
 def _is_rank0_env() -> bool:

@@ -9,13 +9,14 @@ through by ``.dockerignore``, and the constraints agree with pyproject.toml and 
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,47 @@ def _medfcn() -> str:
     exe = shutil.which("medfcn") or str(Path(sys.executable).parent / "medfcn")
     assert Path(exe).is_file(), "the medfcn console script is not installed (pip install -e .)"
     return exe
+
+
+def _rule(line: str) -> tuple[bool, re.Pattern[str]]:
+    """One .dockerignore line as (negated, regex) with Go's filepath.Match rules plus ``**``."""
+    negate = line.startswith("!")
+    pattern = line[1:] if negate else line
+    pattern = pattern.strip().strip("/")
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif c == "*":
+            out, i = out + "[^/]*", i + 1
+        elif c == "?":
+            out, i = out + "[^/]", i + 1
+        elif c == "[":
+            close = pattern.index("]", i)
+            out, i = out + "[" + pattern[i + 1 : close].replace("!", "^", 1) + "]", close + 1
+        else:
+            out, i = out + re.escape(c), i + 1
+    return negate, re.compile(out)
+
+
+def dockerignore_rules(path: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [_rule(line) for line in lines if line and not line.startswith("#")]
+
+
+def excluded(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's verdict for a context path: the last rule matching the path or one of its parent
+    folders decides (moby/patternmatcher ``MatchesOrParentMatches``)."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    verdict = False
+    for negate, regex in rules:
+        if any(regex.fullmatch(c) for c in candidates):
+            verdict = not negate
+    return verdict
 
 
 def test_hadolint_is_clean() -> None:
@@ -160,29 +202,230 @@ def test_user_matches_volumes() -> None:
 
 
 def test_copy_sources_exist_and_pass_dockerignore() -> None:
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()]
-    patterns = [p for p in patterns if p and not p.startswith("#")]
-
-    def ignored(path: str) -> bool:
-        verdict = False
-        for pattern in patterns:
-            negate = pattern.startswith("!")
-            pat = pattern[1:] if negate else pattern
-            pat = pat.rstrip("/")
-            if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat + "/*") or pat == "*":
-                verdict = not negate
-        return verdict
-
+    rules = dockerignore_rules(REPO / ".dockerignore")
     for args in _of("COPY"):
         *sources, _dest = shlex.split(args)
         for src in sources:
             assert (REPO / src).exists(), f"COPY {src}: not in the repository"
-            assert not ignored(src), f"COPY {src}: excluded by .dockerignore"
-    for secret in (".env", "key.pem", "bundles/liver/models/model.pt"):
-        assert ignored(secret), f"{secret} would be sent to the Docker daemon"
+            assert not excluded(src, rules), f"COPY {src}: excluded by .dockerignore"
+    for kept in ("medfcn/cli/main.py", "bundles/hippocampus/models/model.pt", "bundles/liver/configs/train.json"):
+        assert not excluded(kept, rules), f"{kept} would not reach the image"
+    for left_out in (
+        ".env",
+        "key.pem",
+        "bundles/liver/models/last.pt",
+        "bundles/liver/models/model.ts",
+        "bundles/liver/runs/train/checkpoints/last.pt",
+        "bundles/liver/eval/metrics_val.csv",
+        "medfcn/__pycache__/x.cpython-311.pyc",
+        "tests/conftest.py",
+        "mlflow.db",
+    ):
+        assert excluded(left_out, rules), f"{left_out} would be sent to the Docker daemon"
+
+
+def test_dockerignore_matches_like_docker() -> None:
+    """The matcher itself: ``*`` stops at ``/``, ``**`` crosses folders, a folder rule covers its files,
+    the last matching rule wins."""
+    rules = [_rule("*"), _rule("!src/"), _rule("src/**/*.tmp"), _rule("!src/keep.tmp"), _rule("src/a*")]
+    assert excluded("README", rules) and not excluded("src/main.py", rules)
+    assert excluded("src/x/y/z.tmp", rules) and excluded("src/z.tmp", rules)
+    assert not excluded("src/keep.tmp", rules)
+    assert excluded("src/abc/deep/file", rules) and not excluded("src/b/abc", rules)
 
 
 def test_no_secrets_in_the_dockerfile() -> None:
     text = DOCKERFILE.read_text()
     assert not re.search(r"(?i)^(ENV|ARG)\s+\S*(TOKEN|PASSWORD|SECRET|API_KEY)", text, re.MULTILINE)
     assert "--mount=type=secret" not in text and "ADD http" not in text
+
+
+# ------------------------------------------------------------------ the image, replayed in a temporary root
+
+IMAGE_UID = 10001
+HIPPOCAMPUS_WEIGHTS = "bundles/hippocampus/models/model.pt"
+
+
+def _documented_command() -> list[str]:
+    """The ``docker run ... IMAGE <args>`` of the Dockerfile's header comment: the args after the image."""
+    header, joined = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        if not raw.startswith("#"):
+            break
+        header.append(raw.lstrip("# ").rstrip())
+    for line in header:
+        if joined or line.startswith("docker run"):
+            joined += line.rstrip("\\").strip() + " "
+            if not line.endswith("\\"):
+                break
+    words = shlex.split(joined)
+    image = next(w for w in words if w.startswith("medfcn:"))
+    return words[words.index(image) + 1 :]
+
+
+def _context_files() -> list[str]:
+    """The build context of ``git archive HEAD | docker build -``: tracked files (plus the files a
+    developer is adding, so that a pending commit is tested), as paths relative to the repository."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.splitlines()
+    return sorted(p for p in listed if (REPO / p).is_file())
+
+
+def _replay_image(root: Path, extra: dict[str, Path] | None = None) -> Path:
+    """Lay out the image's filesystem under ``root``: WORKDIR, COPY (after .dockerignore; owner root, the
+    context's modes), the useradd/mkdir/chown of RUN, and the modes Docker gives /tmp. ``extra`` adds
+    files to the context (``{"bundles/liver/models/model.pt": path}``)."""
+    rules = dockerignore_rules(REPO / ".dockerignore")
+    context = {p: REPO / p for p in _context_files()}
+    context.update(extra or {})
+    context = {p: f for p, f in context.items() if not excluded(p, rules)}
+    workdir = Path("/")
+    for keyword, args in _instructions():
+        if keyword == "WORKDIR":
+            workdir = workdir / args
+            (root / workdir.relative_to("/")).mkdir(parents=True, exist_ok=True)
+        elif keyword == "COPY":
+            *sources, dest = shlex.split(args)
+            target = root / (workdir / dest).relative_to("/")
+            for src in sources:
+                src = src.rstrip("/")
+                matched = {p: f for p, f in context.items() if p == src or p.startswith(src + "/")}
+                assert matched, f"COPY {src}: nothing of it reaches the context"
+                for rel, file in matched.items():
+                    if rel == src:  # a file: into a folder (dest ends in / or several sources) or as dest
+                        out = target / Path(rel).name if dest.endswith("/") or len(sources) > 1 else target
+                    else:  # a folder: its contents
+                        out = target / Path(rel).relative_to(src)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, out)  # Docker keeps the mode bits; the owner becomes root (we are root)
+    runs = " && ".join(_of("RUN"))
+    assert f"--uid {IMAGE_UID}" in runs and "mkdir -p /data /output" in runs
+    home = root / "home" / "medfcn"
+    for folder in (home, root / "data", root / "output", root / "tmp"):
+        folder.mkdir(parents=True, exist_ok=True)
+    assert "chown medfcn:medfcn /output" in runs
+    for folder in (home, root / "output"):
+        os.chown(folder, IMAGE_UID, IMAGE_UID)
+    os.chmod(root / "tmp", 0o1777)
+    for folder in [root, *root.rglob("*")]:  # folders the image's layers give 755 (our tmp root is 700)
+        if folder.is_dir() and folder.stat().st_uid == 0 and folder.name != "tmp":
+            os.chmod(folder, 0o755)
+    return root
+
+
+def _tree_digest(root: Path, skip: tuple[str, ...]) -> dict[str, tuple[int, int, str]]:
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if rel.split("/")[0] in skip:
+            continue
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+        out[rel] = (st.st_uid, st.st_mode, digest)
+    return out
+
+
+_RUN_AS_IMAGE_USER = r"""
+import json, os, sys
+root, argv, warm_output = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+from medfcn.cli.main import app
+
+def run(args):
+    try:
+        app(args, prog_name="medfcn")
+    except SystemExit as stop:
+        return stop.code or 0
+    return 0
+
+# Warm-up as root, outputs outside the image: loads every module the command needs, since uid 10001
+# cannot read this machine's Python under /root (the image's Python is world-readable).
+warm = [warm_output if a == root + "/output" else a for a in argv]
+assert run(warm) == 0, "the warm-up run failed"
+assert run(["infer", "--no-such-option"]) == 2  # loads the usage-error formatting too
+os.setgroups([])
+os.setgid(UID)
+os.setuid(UID)
+os.environ.update(HOME=root + "/home/medfcn", MPLCONFIGDIR=root + "/tmp/matplotlib", TMPDIR=root + "/tmp")
+os.chdir(root + "/output")  # the last WORKDIR
+sys.exit(run(argv))
+""".replace("UID", str(IMAGE_UID))
+
+
+def _run_documented_command(root: Path, bundle: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    args = _documented_command()
+    assert args[0] == "infer", args
+    prefixed = []
+    for i, arg in enumerate(args):
+        if args[i - 1] == "--bundle" and bundle:
+            arg = f"/opt/medfcn/bundles/{bundle}"
+        prefixed.append(str(root) + arg if arg.startswith("/") else arg)
+    return subprocess.run(
+        [sys.executable, "-c", _RUN_AS_IMAGE_USER, str(root), json.dumps(prefixed), str(tmp_path / "warm")],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def _check_image_run(root: Path, bundle: str, tmp_path: Path, scan: Path) -> None:
+    mounted = root / "data" / scan.name  # -v scans:/data:ro
+    shutil.copy2(scan, mounted)
+    os.chmod(mounted, 0o444)
+    os.chmod(root / "data", 0o555)
+    bundle_dir = root / "opt/medfcn/bundles" / bundle
+    assert (bundle_dir / "models" / "model.pt").is_file(), "the weights did not reach the image"
+    assert all(p.stat().st_uid == 0 and not p.stat().st_mode & 0o022 for p in [bundle_dir, *bundle_dir.rglob("*")])
+    before = _tree_digest(root, skip=("output", "tmp", "home"))
+    proc = _run_documented_command(root, bundle, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _tree_digest(root, skip=("output", "tmp", "home")) == before, "the command wrote outside /output"
+    case = scan.name.removesuffix(".nii.gz")
+    written = [p for p in (root / "output").rglob("*") if p.is_file()]
+    assert (root / "output" / case / "mask.nii.gz") in written and (root / "output" / "summary.csv") in written
+    assert all(p.stat().st_uid == IMAGE_UID for p in written)
+
+
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"replaying USER {IMAGE_UID} needs root (to chown the replayed files and setuid)")
+
+
+def test_documented_command_runs_as_the_image_user(tmp_path: Path, shared_data: Path) -> None:
+    """The Dockerfile's own ``docker run ... infer --bundle /opt/medfcn/bundles/hippocampus ...``, replayed:
+    the shipped weights reach the image, uid 10001 reads the root-owned bundle and writes /output."""
+    _needs_root()
+    if not (REPO / HIPPOCAMPUS_WEIGHTS).is_file():
+        pytest.skip(f"{HIPPOCAMPUS_WEIGHTS} is not in this checkout (the shipped weights of the documented command)")
+    assert "/opt/medfcn/bundles/hippocampus" in _documented_command()
+    root = Path(tempfile.mkdtemp(prefix="image-", dir="/tmp"))  # /tmp: traversable by uid 10001
+    try:
+        _replay_image(root)
+        scan = shared_data / "msd-hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
+        _check_image_run(root, "hippocampus", tmp_path, scan)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_image_user_runs_infer_with_bundle_weights(tmp_path: Path) -> None:
+    """The same replay with the liver bundle and seeded weights shipped as its models/model.pt: holds
+    without the hippocampus weights, and for any bundle of the image."""
+    _needs_root()
+    import nibabel as nib
+
+    from medfcn.bundle import copy_bundle, save_random_weights
+    from medfcn.data.synthetic import make_phantom
+
+    liver = copy_bundle(REPO / "bundles" / "liver", tmp_path / "liver")
+    weights = save_random_weights(liver)
+    weights.chmod(0o644)
+    root = Path(tempfile.mkdtemp(prefix="image-", dir="/tmp"))
+    try:
+        _replay_image(root, extra={"bundles/liver/models/model.pt": weights})
+        ph = make_phantom((28, 26, 10), seed=3)
+        scan = tmp_path / "ct0.nii.gz"
+        nib.save(nib.Nifti1Image(ph.image, ph.affine), str(scan))
+        _check_image_run(root, "liver", tmp_path, scan)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

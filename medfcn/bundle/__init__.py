@@ -16,7 +16,16 @@ from typing import Any
 from medfcn._io import atomic_write, atomic_write_json
 from medfcn.errors import BundleError
 
-__all__ = ["RUN_OUTPUTS", "Bundle", "copy_bundle", "load_bundle", "save_random_weights", "set_patch_size"]
+__all__ = [
+    "RUN_OUTPUTS",
+    "Bundle",
+    "channel_updates",
+    "copy_bundle",
+    "load_bundle",
+    "save_random_weights",
+    "set_in_channels",
+    "set_patch_size",
+]
 
 RUN_OUTPUTS = ("runs", "eval", "logs", "mlruns", "__pycache__")
 """Folders that runs of a bundle create inside it (checkpoints, evaluations, logs, a local MLflow store)."""
@@ -167,3 +176,53 @@ def save_random_weights(path: str | os.PathLike[str], seed: int = 0) -> Path:
     target.parent.mkdir(exist_ok=True)
     atomic_write(target, lambda tmp: torch.save(net.state_dict(), tmp))
     return target
+
+
+def _network_def(bundle: Bundle) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inference.json as a dict, its network_def dict) of ``bundle``."""
+    infer_file = bundle.configs["inference.json"]
+    try:
+        config = json.loads(infer_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{infer_file}: not valid JSON ({err})") from err
+    net = config.get("network_def") if isinstance(config, dict) else None
+    if not isinstance(net, dict):
+        raise BundleError(f"{infer_file}: no 'network_def' object; a MONAI bundle defines its network there")
+    return config, net
+
+
+def channel_updates(path: str | os.PathLike[str], in_channels: int) -> dict[str, Any]:
+    """Config overrides that train the bundle's network on ``in_channels`` input channels.
+
+    Returns ``{}`` when ``network_def`` already has that many; else ``{"network_def": <inference.json's
+    network_def with in_channels replaced>}`` (train.json takes network_def by macro, so the whole
+    definition is overridden).
+    """
+    _, net = _network_def(load_bundle(path))
+    if net.get("in_channels") == int(in_channels):
+        return {}
+    return {"network_def": {**net, "in_channels": int(in_channels)}}
+
+
+def set_in_channels(path: str | os.PathLike[str], in_channels: int) -> bool:
+    """Write ``in_channels`` into ``network_def`` of ``configs/inference.json`` and the metadata's input.
+
+    After training on a dataset with another number of channels, inference must build the same network
+    the weights were trained in. Both files are written atomically.
+
+    Returns:
+        Whether anything changed.
+    """
+    bundle = load_bundle(path)
+    config, net = _network_def(bundle)
+    n = int(in_channels)
+    if net.get("in_channels") == n:
+        return False
+    net["in_channels"] = n
+    meta = dict(bundle.metadata)
+    image = meta.get("network_data_format", {}).get("inputs", {}).get("image")
+    if isinstance(image, dict):
+        image["num_channels"] = n
+    atomic_write_json(bundle.configs["inference.json"], config, indent=4)
+    atomic_write_json(bundle.root / "configs" / "metadata.json", meta, indent=4)
+    return True

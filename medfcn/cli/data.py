@@ -162,7 +162,11 @@ def _print_table(result: DatasetCheck) -> None:
 @app.command()
 def check(
     directory: Annotated[
-        Path, typer.Argument(help="MSD dataset folder (holding dataset.json), or the dataset.json file.")
+        Path,
+        typer.Argument(
+            help="Dataset: an MSD or nnU-Net v2 raw folder (holding dataset.json), its dataset.json, or a "
+            "CSV/JSON list of image/label paths."
+        ),
     ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON instead of a table.")

@@ -25,9 +25,10 @@ def train(
         Optional[Path],
         typer.Option(
             "--data",
-            file_okay=False,
+            file_okay=True,
             dir_okay=True,
-            help="MSD-layout dataset (dataset.json, imagesTr/, labelsTr/). Default: the bundle's dataset_dir. "
+            help="Dataset: an MSD or nnU-Net v2 raw folder (dataset.json; multi-channel cases set the network's "
+            "in_channels), or a CSV/JSON list of image/label paths. Default: the bundle's dataset_dir. "
             "Make one with `medfcn data synth` or `medfcn data download Task03_Liver`.",
         ),
     ] = None,

@@ -19,9 +19,15 @@ A stamp file records what it was built from; a later call with the same inputs r
 ``python -c`` check). Measured here (2026-11-25, SDK 4.0.0, holoscan-cu13 4.6.0): 25 s to build from
 PyPI with nothing cached, 474 MB on disk.
 
+``.ci/run`` builds it (cached under ``~/.cache/medfcn-ci``) before pytest starts; the tests only look it
+up with :func:`find_deploy_venv` and never install anything.
+
 Usage::
 
-    python workflows/deploy_venv.py [DIR]      # prints the venv's python; default DIR below
+    python workflows/deploy_venv.py [DIR]      # build or reuse; prints the venv's python
+    python workflows/deploy_venv.py --check    # exit 1 (and say why) unless an up-to-date venv is there
+
+``DIR`` defaults to ``$MEDFCN_DEPLOY_VENV``, else ``~/.cache/medfcn-ci/deploy-venv``.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
-__all__ = ["DEFAULT_VENV", "SDK_REQUIREMENT", "ensure_deploy_venv", "venv_python"]
+__all__ = ["DEFAULT_VENV", "SDK_REQUIREMENT", "ensure_deploy_venv", "find_deploy_venv", "venv_python"]
 
-DEFAULT_VENV = Path(os.environ.get("MEDFCN_DEPLOY_VENV", Path.home() / ".cache" / "medfcn-deploy-venv"))
+DEFAULT_VENV = Path(
+    os.environ.get("MEDFCN_DEPLOY_VENV") or Path.home() / ".cache" / "medfcn-ci" / "deploy-venv"
+)
 
 
 def _sdk_requirement() -> str:
@@ -127,6 +135,26 @@ def _pip(python: Path, *args: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
 
 
+def find_deploy_venv(path: Path = DEFAULT_VENV) -> tuple[Path | None, str]:
+    """``(python, "")`` when an up-to-date deploy venv is at ``path``, else ``(None, why not)``; builds
+    nothing (what the tests call)."""
+    path = Path(path).expanduser().resolve()
+    python = venv_python(path)
+    stamp_file = path / "medfcn-deploy-stamp.json"
+    build = f"build it with `python workflows/deploy_venv.py {path}` (.ci/run does)"
+    if not stamp_file.is_file():
+        return None, f"no deploy venv at {path}; {build}"
+    try:
+        stamp = json.loads(stamp_file.read_text())
+    except (OSError, ValueError):
+        stamp = None
+    if stamp != _stamp():
+        return None, f"the deploy venv at {path} was built for another environment; {build}"
+    if not _works(python):
+        return None, f"the deploy venv at {path} lacks the SDK, holoscan or medfcn; {build}"
+    return python, ""
+
+
 def ensure_deploy_venv(path: Path = DEFAULT_VENV, *, log: bool = True) -> Path:
     """Build the deploy venv at ``path`` unless an up-to-date one is there; return its python.
 
@@ -164,4 +192,8 @@ def ensure_deploy_venv(path: Path = DEFAULT_VENV, *, log: bool = True) -> Path:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--check"]:
+        found, why = find_deploy_venv(Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_VENV)
+        print(found or why, file=sys.stdout if found else sys.stderr)
+        sys.exit(0 if found else 1)
     print(ensure_deploy_venv(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_VENV))

@@ -132,6 +132,7 @@ def _register() -> None:
     """Attach the command groups; each lives in its own module under ``medfcn.cli``."""
     for module_name, kind, name in (
         ("medfcn.cli.data", "group", "data"),
+        ("medfcn.cli.bundle", "group", "bundle"),
         ("medfcn.cli.train", "command", "train"),
         ("medfcn.cli.infer", "command", "infer"),
         ("medfcn.cli.evaluate", "command", "evaluate"),

@@ -146,9 +146,15 @@ class MLflowHandler(MLFlowHandler):
     """
 
     def __init__(
-        self, *args: Any, tags: Mapping[str, str] | None = None, epoch_loss: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        tags: Mapping[str, str] | None = None,
+        epoch_loss: bool = False,
+        run_id: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.run_id = run_id
         self.tags = dict(tags or {})
         self.epoch_loss = epoch_loss
         self._losses: list[float] = []
@@ -182,6 +188,17 @@ class MLflowHandler(MLFlowHandler):
             self._log_metrics(values, step=engine.state.epoch)
 
     def start(self, engine: Any) -> None:
+        if self.run_id and not self.cur_run:
+            # --resume of a recorded run: continue it, reopened if it had finished (extended with --epochs)
+            self._set_experiment()
+            try:
+                run = self.client.get_run(self.run_id)
+            except Exception:  # deleted or another store: MONAI's lookup by name takes over
+                run = None
+            if run is not None and run.info.experiment_id == getattr(self.experiment, "experiment_id", None):
+                if run.info.status != "RUNNING":
+                    self.client.update_run(self.run_id, status="RUNNING")
+                self.cur_run = self.client.get_run(self.run_id)
         super().start(engine)
         if self.cur_run and self.tags:
             from mlflow.entities import RunTag
@@ -221,6 +238,8 @@ def prepare_run(
     uri = tracking_uri or previous.get("tracking_uri") or default_tracking_uri()
     name = run_name or previous.get("run_name") or f"{bundle_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     info = {"tracking_uri": uri, "experiment": experiment, "run_name": name}
+    if previous.get("run_id") and not run_name:
+        info["run_id"] = previous["run_id"]
     out.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.tmp")
     tmp.write_text(json.dumps({**info, "tracking_uri": redact_uri(uri)}, indent=2) + "\n", encoding="utf-8")
@@ -228,11 +247,26 @@ def prepare_run(
     return info
 
 
+def record_run_id(output_dir: str | os.PathLike[str], run_id: str) -> None:
+    """Add the MLflow run id to ``<output_dir>/tracking.json``: ``--resume`` then continues that very run,
+    finished or not (MONAI's handler would open a second run of the same name for a finished one)."""
+    record = Path(output_dir) / _RUN_FILE
+    try:
+        info = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    info["run_id"] = run_id
+    tmp = record.with_name(f".{record.name}.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, record)
+
+
 def mlflow_settings(
     *,
     tracking_uri: str,
     experiment: str,
     run_name: str,
+    run_id: str | None = None,
     params: Mapping[str, str],
     tags: Mapping[str, str],
     artifacts: Sequence[str],
@@ -253,6 +287,8 @@ def mlflow_settings(
     cfg["save_execute_config"] = config_path
     for key in ("trainer", "validator", "evaluator"):
         cfg[key]["_target_"] = "medfcn.tracking.MLflowHandler"
+        if run_id:
+            cfg[key]["run_id"] = run_id
     cfg["trainer"]["experiment_param"] = dict(params)
     cfg["trainer"]["tags"] = dict(tags)
     cfg["trainer"]["artifacts"] = [config_path, *artifacts]

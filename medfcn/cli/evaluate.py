@@ -93,14 +93,63 @@ def evaluate(
             "counted) or higher (the higher class value wins, e.g. tumour over liver).",
         ),
     ] = _Overlap.error,
+    fold: Annotated[
+        Optional[list[int]],
+        typer.Option(
+            "--fold",
+            min=0,
+            help="Cross-validation: score fold K's model (<bundle>/runs/fold_K, from medfcn train --fold K) on "
+            "fold K's validation cases; repeatable. Writes fold_K.json/.csv and cv.json (every fold scored so "
+            "far, per fold and the mean) to --results.",
+        ),
+    ] = None,
+    cv: Annotated[
+        bool, typer.Option("--cv", help="Cross-validation: score every fold that has a trained model.")
+    ] = False,
+    folds: Annotated[
+        Optional[int], typer.Option("--folds", min=2, help="Folds of the split. Default: the bundle's (5).")
+    ] = None,
+    runs: Annotated[
+        Optional[Path],
+        typer.Option("--runs", file_okay=False, help="Folder holding fold_K/. Default: <bundle>/runs."),
+    ] = None,
+    results: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--results",
+            file_okay=False,
+            help="Cross-validation results folder (fold_K.json, fold_K.csv, cv.json); folds scored at other "
+            "times add up there. Default: <bundle>/eval/cv.",
+        ),
+    ] = None,
 ) -> None:
     """Score a bundle on held-out labelled cases: Dice and 95% Hausdorff distance (mm) per class and case.
 
     Uses the bundle's own inference pipeline (the same as medfcn infer), compares on each scan's grid,
     writes a CSV and prints mean ± sd per class. Exit code 3 when some cases could not be evaluated.
+    With --fold K or --cv, scores cross-validation folds (per fold and the mean over the folds).
     """
     from medfcn.engine.evaluation import evaluate as run_evaluation
     from medfcn.engine.evaluation import format_summary
+
+    if fold or cv:
+        from medfcn.engine.crossval import evaluate_folds, format_cv
+
+        with user_errors():
+            summary = evaluate_folds(
+                bundle,
+                data,
+                folds=None if cv and not fold else list(fold or []),
+                num_folds=folds,
+                runs=runs,
+                results=results,
+                device=device,
+                amp=amp,
+                progress=not quiet,
+            )
+        typer.echo(format_cv(summary))
+        typer.echo(f"cross-validation summary: {summary.path}")
+        return
 
     csv_path = output if output is not None else bundle / "eval" / f"metrics_{split.value}.csv"
     with user_errors():

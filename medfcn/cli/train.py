@@ -56,7 +56,10 @@ def train(
             "--output",
             file_okay=False,
             dir_okay=True,
-            help="Run folder: checkpoints/last.pt, metrics.json, the executed config. Default: <bundle>/runs/train.",
+            help="Run folder: checkpoints/last.pt, metrics.json, split.json, the executed config, and a trained "
+            "copy of the bundle (configs/, models/model.pt) that infer/evaluate take as --bundle; the source bundle "
+            "is left byte-identical. Default: <bundle>/runs/train with the weights in <bundle>/models/model.pt "
+            "(replaced, and said so).",
         ),
     ] = None,
     resume: Annotated[
@@ -69,8 +72,9 @@ def train(
         typer.Option(
             "--override",
             "-O",
-            help="Set any config id, repeatable: --override learning_rate=0.001 --override "
-            "'patch_size=[64,64,64]'. Values are JSON, else strings ($expressions and @references work).",
+            help="Set any config id of train.json, repeatable: --override learning_rate=0.001 --override "
+            "batch_size=4. Values are JSON, else strings ($expressions and @references work). The patch size and "
+            "preprocessing live in configs/inference.json: change them there, so inference matches training.",
         ),
     ] = None,
     tracking: Annotated[
@@ -88,6 +92,34 @@ def train(
         Optional[str], typer.Option("--experiment", help="MLflow experiment name. Default: the bundle name.")
     ] = None,
     quiet: Annotated[bool, quiet_option()] = False,
+    folds: Annotated[
+        Optional[int],
+        typer.Option(
+            "--folds",
+            min=2,
+            help="Cross-validation folds (nnU-Net style, deterministic by the bundle's split_seed). Default: the "
+            "bundle's num_folds (5) when --fold is given.",
+        ),
+    ] = None,
+    time_budget: Annotated[
+        Optional[float],
+        typer.Option(
+            "--time-budget",
+            min=0.1,
+            help="Minutes of training (validations included): the epochs and the learning-rate schedule are "
+            "planned from the measured epoch time to end within it; --epochs stays the upper bound. Use it to "
+            "compare methods at equal wall time on one machine.",
+        ),
+    ] = None,
+    fold: Annotated[
+        Optional[str],
+        typer.Option(
+            "--fold",
+            help="Train fold K (0 .. folds-1: validation = fold K, training = the rest) into <bundle>/runs/fold_K "
+            "(a trained copy of the bundle; the bundle is not written), or 'all' (every case; the model that "
+            "ships, into <bundle>/models). Default: the bundle's own split.",
+        ),
+    ] = None,
 ) -> None:
     """Train a bundle: AMP on CUDA, sliding-window validation, best model to models/model.pt, MLflow.
 
@@ -118,6 +150,9 @@ def train(
             tracking_uri=tracking_uri,
             experiment=experiment,
             quiet=quiet,
+            fold=fold,
+            num_folds=folds,
+            time_budget=None if time_budget is None else time_budget * 60.0,
         )
     if int(os.environ.get("RANK", "0")) != 0:
         return

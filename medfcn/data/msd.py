@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,12 +33,14 @@ __all__ = [
     "DatasetCheck",
     "Fingerprint",
     "Problem",
+    "case_id",
     "check_dataset",
     "download_msd",
     "load_datalist",
     "msd_tasks",
     "read_dataset_json",
     "split_datalist",
+    "split_digest",
 ]
 
 T = TypeVar("T")
@@ -181,7 +184,7 @@ def split_datalist(
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
-    fold: int | None = None,
+    fold: int | str | None = None,
     num_folds: int = 5,
 ) -> tuple[list[T], list[T]]:
     """Split items into training and validation sets, deterministically.
@@ -196,7 +199,9 @@ def split_datalist(
         items: datalist entries (any objects).
         val_fraction: share of items for validation, in (0, 1); ignored when ``fold`` is given.
         seed: shuffling seed; the same seed gives the same split.
-        fold: k-fold index in ``[0, num_folds)``, or ``None`` for a single random split.
+        fold: k-fold index in ``[0, num_folds)``; ``"all"`` trains on every item and returns fold 0's
+            validation items as the (not held-out) validation set, nnU-Net's ``fold all``, for the model that
+            ships; ``None`` for a single random split by ``val_fraction``.
         num_folds: number of folds for k-fold.
 
     Returns:
@@ -217,12 +222,38 @@ def split_datalist(
     else:
         if num_folds < 2 or num_folds > n:
             raise InputError(f"num_folds must be between 2 and the number of cases ({n}), got {num_folds}")
-        if not 0 <= fold < num_folds:
-            raise InputError(f"fold must be in [0, {num_folds - 1}], got {fold}")
+        if fold == "all":
+            val_idx = set(np.array_split(order, num_folds)[0].tolist())
+            return list(items), [item for i, item in enumerate(items) if i in val_idx]
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
+            raise InputError(f"fold must be 'all' or an integer in [0, {num_folds - 1}], got {fold!r}")
         val_idx = set(np.array_split(order, num_folds)[fold].tolist())
     train = [item for i, item in enumerate(items) if i not in val_idx]
     val = [item for i, item in enumerate(items) if i in val_idx]
     return train, val
+
+
+def case_id(item: Any) -> str:
+    """The case name of a datalist entry: its image file name without the image suffix
+    (``{"image": ".../hippocampus_001.nii.gz"}`` -> ``hippocampus_001``; nnU-Net channel lists -> the id
+    without ``_0000``)."""
+    image = item.get("image", "") if isinstance(item, Mapping) else item
+    if isinstance(image, (list, tuple)):
+        return re.sub(r"_\d{4}$", "", case_id(image[0])) if image else ""
+    name = Path(str(image)).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def split_digest(train: Sequence[Any], val: Sequence[Any]) -> str:
+    """sha1 of the sorted case names of a split: the same digest means the same split (recorded in
+    ``split.json`` and MLflow, where case names never go)."""
+    import hashlib
+
+    names = {"train": sorted(case_id(i) for i in train), "val": sorted(case_id(i) for i in val)}
+    return hashlib.sha1(json.dumps(names).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- checking

@@ -261,6 +261,8 @@ def select_cases(
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> list[dict[str, Any]]:
     """The labelled ``{"image", "label"}`` items of ``split`` (see the module docstring).
 
@@ -278,7 +280,7 @@ def select_cases(
     datalist = load_datalist(data_dir)
     training = [i for i in datalist.get("training", []) if "label" in i]
     if split == "val":
-        items = split_datalist(training, val_fraction=val_fraction, seed=seed)[1]
+        items = split_datalist(training, val_fraction=val_fraction, seed=seed, fold=fold, num_folds=num_folds)[1]
     elif split == "all":
         items = training + [i for i in datalist.get("validation", []) if "label" in i]
     else:
@@ -322,6 +324,8 @@ def evaluate(
     progress: bool = True,
     segment_map: str | Mapping[str, str] | None = None,
     segment_overlap: Literal["error", "higher"] = "error",
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> EvaluationResult:
     """Segment the labelled cases of ``split`` with the bundle and score them against their labels.
 
@@ -338,6 +342,8 @@ def evaluate(
         device: ``auto``, ``cpu``, ``cuda[:i]``.
         amp: autocast (see :class:`~medfcn.engine.inference.Segmenter`); ``None`` = on for CUDA only.
         val_fraction, seed: the training split (``split="val"``); use the values the bundle was trained with.
+        fold, num_folds: with ``split="val"``, the validation cases of cross-validation fold ``fold`` (the
+            split of ``medfcn train --folds num_folds --fold K``); ``val_fraction`` is then ignored.
         progress: show a progress bar.
         segment_map: DICOM SEG labels: explicit segment -> class mapping (``"Liver=liver,2=tumour"``).
         segment_overlap: DICOM SEG labels whose segments of different classes overlap: ``"error"``
@@ -358,7 +364,7 @@ def evaluate(
     from medfcn.engine.inference import Segmenter
 
     t0 = time.perf_counter()
-    items = select_cases(data_dir, split, val_fraction=val_fraction, seed=seed)
+    items = select_cases(data_dir, split, val_fraction=val_fraction, seed=seed, fold=fold, num_folds=num_folds)
     seg = (
         bundle
         if isinstance(bundle, Segmenter)

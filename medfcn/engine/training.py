@@ -47,8 +47,9 @@ from monai.utils.enums import CommonKeys as Keys
 
 from medfcn._io import atomic_write, atomic_write_json
 from medfcn.bundle.export import _working_directory
-from medfcn.engine.inference import _resolve_device
 from medfcn.errors import BundleError, DataError, InputError
+from medfcn.runtime import autocast_dtype  # the one autocast-dtype rule, shared with inference
+from medfcn.runtime import resolve_device as _resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.handlers import CheckpointSaver
@@ -61,6 +62,7 @@ __all__ = [
     "MetricsWriter",
     "PeriodicValidation",
     "ResumableCheckpoint",
+    "TimeBudget",
     "TrainResult",
     "autocast_dtype",
     "parse_overrides",
@@ -70,32 +72,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AmpDtype = Literal["auto", "fp16", "bf16"]
-
-
-# --------------------------------------------------------------------------------------------- precision
-
-
-def autocast_dtype(device: torch.device | str, amp: bool, amp_dtype: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``device``, or ``None`` for fp32.
-
-    ``auto`` means bf16 where the device supports it (CPUs; Ampere and newer GPUs) and fp16 on older GPUs.
-    fp16 needs a GradScaler and exists on CUDA only.
-
-    Raises:
-        InputError: ``fp16`` on a CPU, or an unknown ``amp_dtype``.
-    """
-    dev = torch.device(device)
-    if not amp:
-        return None
-    if amp_dtype not in ("auto", "fp16", "bf16"):
-        raise InputError(f"amp_dtype must be auto, fp16 or bf16, got {amp_dtype!r}")
-    if amp_dtype == "fp16":
-        if dev.type != "cuda":
-            raise InputError("fp16 autocast needs a CUDA device; use bf16 (amp_dtype 'auto') on the CPU")
-        return torch.float16
-    if amp_dtype == "bf16" or dev.type != "cuda":
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _split_batch(batch: Any) -> tuple[Any, Any, tuple, dict]:
@@ -390,11 +366,75 @@ class ResumableCheckpoint:
                 raise InputError(f"nothing to resume: {self.path} does not exist (train without --resume first)")
             # MONAI's loader restores the trainer state on STARTED, so the epoch loop continues from there.
             CheckpointLoader(str(self.path), load_dict=objects, map_location=self.map_location).attach(engine)
+            engine.add_event_handler(Events.STARTED, self._extend_schedule)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _extend_schedule(self, engine: Engine) -> None:
+        """A run resumed to more epochs than it was planned for: stretch a polynomial schedule to the new
+        length (the restored one would keep the learning rate at 0 after the old last epoch)."""
+        new_total = int(engine.state.max_epochs or 0)
+        for obj in self.save_dict.values():
+            if isinstance(obj, torch.optim.lr_scheduler.PolynomialLR) and 0 < obj.total_iters < new_total:
+                obj.total_iters = new_total
+                done = min(int(engine.state.epoch), new_total)
+                for group, base in zip(obj.optimizer.param_groups, obj.base_lrs, strict=False):
+                    group["lr"] = base * (1.0 - done / new_total) ** obj.power
+                logger.info("learning-rate schedule stretched to %d epochs", new_total)
 
     def __call__(self, engine: Engine) -> None:
         if _is_rank0():
             _atomic_save({k: v.state_dict() for k, v in self._objects.items()}, self.path)
+
+
+class TimeBudget:
+    """Fit a training into a wall-clock budget: after each epoch, plan how many epochs the rest of the budget
+    holds (at the mean epoch time so far, validations included), lower ``max_epochs`` to that and stretch or
+    shrink a ``PolynomialLR`` to end there, so the learning rate still reaches its floor on time.
+
+    The run ends as a normal one does (last validation, final checkpoint). It never runs more than the
+    configured epochs. Two methods given the same budget on the same machine train for the same time,
+    whatever their speed: the equal-budget comparisons of ``benchmarks/`` rely on it.
+
+    Args:
+        seconds: the budget, from the trainer's start (model building and caching excluded).
+        lr_scheduler: the scheduler to re-plan (only ``PolynomialLR`` is re-planned; others run as configured).
+    """
+
+    def __init__(self, seconds: float, lr_scheduler: Any = None) -> None:
+        if seconds <= 0:
+            raise InputError(f"the time budget must be positive, got {seconds} s")
+        self.seconds = float(seconds)
+        self.lr_scheduler = lr_scheduler
+        self._t0 = time.perf_counter()
+        self._first_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._plan)
+
+    def _started(self, engine: Engine) -> None:
+        self._t0 = time.perf_counter()
+        self._first_epoch = int(engine.state.epoch)  # a resumed run has epochs behind it
+        self._max_epochs = int(engine.state.max_epochs or 0)
+
+    def _plan(self, engine: Engine) -> None:
+        done = int(engine.state.epoch) - self._first_epoch
+        elapsed = time.perf_counter() - self._t0
+        per_epoch = elapsed / max(done, 1)
+        left = int((self.seconds - elapsed) // per_epoch) if per_epoch > 0 else 0
+        total = max(int(engine.state.epoch), min(self._max_epochs, int(engine.state.epoch) + max(left, 0)))
+        if total != engine.state.max_epochs:
+            engine.state.max_epochs = total
+        sched = self.lr_scheduler
+        if isinstance(sched, torch.optim.lr_scheduler.PolynomialLR) and total > 0:
+            sched.total_iters = total
+            frac = min(int(engine.state.epoch) / total, 1.0)
+            for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=False):
+                # the rate of the next epoch on the re-planned schedule (the LrScheduleHandler, attached
+                # earlier, has already stepped for this epoch)
+                group["lr"] = base * (1.0 - frac) ** sched.power
+            sched.last_epoch = int(engine.state.epoch)
+            sched._last_lr = [float(g["lr"]) for g in sched.optimizer.param_groups]
 
 
 class MetricsWriter:
@@ -428,6 +468,8 @@ class MetricsWriter:
         self.history: list[dict[str, Any]] = []
         self._losses: list[float] = []
         self._t0 = time.perf_counter()
+        self._run_t0 = self._t0
+        self._earlier_seconds = 0.0
 
     def attach(self, engine: Engine) -> None:
         self.trainer = engine
@@ -439,10 +481,13 @@ class MetricsWriter:
 
     def _started(self, engine: Engine) -> None:
         self.history = []
+        self._run_t0 = time.perf_counter()
+        self._earlier_seconds = 0.0
         if self.resume and self.path.is_file():
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                rows = json.loads(self.path.read_text(encoding="utf-8"))["history"]
-                self.history = [r for r in rows if int(r["epoch"]) <= engine.state.epoch]
+                previous = json.loads(self.path.read_text(encoding="utf-8"))
+                self.history = [r for r in previous["history"] if int(r["epoch"]) <= engine.state.epoch]
+                self._earlier_seconds = float(previous.get("train_seconds") or 0.0)
 
     def _epoch_started(self, engine: Engine) -> None:
         self._losses = []
@@ -484,6 +529,8 @@ class MetricsWriter:
             "best": best,
             "last": self.history[-1] if self.history else None,
             "class_names": self.class_names,
+            # wall time of the training (validations included), summed over resumed sessions
+            "train_seconds": round(self._earlier_seconds + time.perf_counter() - self._run_t0, 1),
             "history": self.history,
         }
 
@@ -643,6 +690,9 @@ def train(
     experiment: str | None = None,
     run_name: str | None = None,
     quiet: bool = False,
+    fold: int | str | None = None,
+    num_folds: int | None = None,
+    time_budget: float | None = None,
 ) -> TrainResult:
     """Train a bundle with its own ``configs/train.json`` (MONAI ``ConfigWorkflow``).
 
@@ -658,7 +708,10 @@ def train(
         device: ``auto`` (``cuda:LOCAL_RANK`` when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
         amp: autocast; ``None`` keeps the config's default (on for CUDA). On the CPU, ``True`` uses bf16.
         amp_dtype: ``auto`` / ``fp16`` / ``bf16`` (see :func:`autocast_dtype`).
-        output_dir: run folder (default: the config's ``output_dir``, ``<bundle>/runs/train``).
+        output_dir: run folder (default ``<bundle>/runs/train``; ``<bundle>/runs/fold_K`` for ``fold=K``). When it is
+            given (or a fold is trained), the run folder becomes a trained copy of the bundle (its configs,
+            docs and ``models/model.pt``) and the source bundle stays byte-identical; without it the bundle's
+            own ``models/model.pt`` is replaced (logged).
         resume: continue from ``<output_dir>/checkpoints/last.pt``.
         seed: overrides ``seed`` (transforms and initialisation; the train/validation split has ``split_seed``).
         overrides: further config overrides, ``{"id#key": value}`` or ``["id#key=value", ...]``.
@@ -667,9 +720,16 @@ def train(
         experiment: MLflow experiment name (default: the bundle name).
         run_name: MLflow run name (default: ``<bundle>-<UTC time>``; a resumed run keeps its name).
         quiet: no progress bar or per-validation lines on the console (they still go to the log).
+        fold: cross-validation fold ``0 .. num_folds - 1`` (validation = that fold, training = the others) or
+            ``"all"`` (train on every case, nnU-Net's ``fold all``, for the model that ships); ``None`` keeps the
+            bundle's split. The split is deterministic (``split_seed``) and recorded in ``split.json`` and
+            MLflow (counts and a digest, never case names).
+        num_folds: number of folds (default: the bundle's ``num_folds``, 5).
+        time_budget: wall-clock seconds for the training loop (:class:`TimeBudget`): the epochs and the learning
+            rate schedule are planned to end within it; ``epochs`` stays the upper bound.
 
     Returns:
-        A :class:`TrainResult`; the best weights are in ``<bundle>/models/model.pt`` (written atomically).
+        A :class:`TrainResult`; the weights are in ``<models>/model.pt`` (written atomically).
 
     Raises:
         BundleError: the bundle or its configs are missing or invalid.
@@ -698,6 +758,9 @@ def train(
 
     raw = _read_raw_config(config_files)
     updates: dict[str, Any] = {"bundle_root": str(root)}
+    if fold is not None or num_folds is not None:
+        fold, folds = _check_fold(fold, num_folds, raw, train_json)
+        updates["fold"], updates["num_folds"] = fold, folds
     data = Path(data_dir if data_dir is not None else raw.get("dataset_dir", "data")).expanduser()
     data = data.resolve()
     if not (data / "dataset.json").is_file() and not (data.is_file() and data.suffix.lower() in (".csv", ".json")):
@@ -710,8 +773,16 @@ def train(
     data_channels = count_channels(data)
     updates.update(channel_updates(root, data_channels))
     # --
-    out = Path(output_dir).expanduser().resolve() if output_dir is not None else root / "runs" / "train"
+    if output_dir is not None:
+        out = Path(output_dir).expanduser().resolve()
+    else:
+        out = root / "runs" / (f"fold_{fold}" if isinstance(fold, int) else "train")
     updates["output_dir"] = str(out)
+    # A run folder of its own is a trained copy of the bundle: the source bundle is never written.
+    isolated = (output_dir is not None or isinstance(fold, int)) and out != root
+    models_dir = out / "models" if isolated else root / "models"
+    if "ckpt_dir" in raw:
+        updates["ckpt_dir"] = str(models_dir)
     dev = _resolve_device(device)
     if world <= 1:
         updates["device"] = f"$torch.device('{dev}')"
@@ -733,6 +804,7 @@ def train(
     if resume:
         if not last.is_file():
             raise InputError(f"nothing to resume in {out}: {last} does not exist (train without --resume first)")
+        _check_resume(last, int(updates.get("epochs", raw.get("epochs", 0)) or 0))
         updates["resume"] = True
     user = (
         parse_overrides(overrides)
@@ -752,6 +824,18 @@ def train(
 
     meta = json.loads(meta_json.read_text(encoding="utf-8"))
     bundle_name = str(meta.get("name") or root.name)
+    split = _split_record(config_files, {**updates, "device": "$torch.device('cpu')"}, root, raw)
+    if _is_rank0_env():
+        if isolated:
+            _copy_bundle_files(root, out)
+        elif (models_dir / "model.pt").is_file():
+            logger.warning(
+                "this run replaces %s (pass --output DIR to train into a copy and keep the bundle as it is)",
+                models_dir / "model.pt",
+            )
+        if split is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "split.json", split)
     settings = None
     run_info: dict[str, Any] = {}
     if tracking and _is_rank0_env():
@@ -768,11 +852,15 @@ def train(
             tracking_uri=run_info["tracking_uri"],
             experiment=run_info["experiment"],
             run_name=run_info["run_name"],
+            run_id=run_info.get("run_id"),
             params=tracking_mod.flatten_params(
-                _params_view(raw, updates, meta, _read_raw_config([str(configs / "inference.json")]))
+                {
+                    **_params_view(raw, updates, meta, _read_raw_config([str(configs / "inference.json")])),
+                    **_split_params(split),
+                }
             ),
             tags=tracking_mod.run_tags(bundle_name, meta, data),
-            artifacts=[str(meta_json), str(out / "metrics.json"), str(root / "models" / "model.pt")],
+            artifacts=[str(meta_json), str(out / "metrics.json"), str(models_dir / "model.pt")],
             config_path=str(out / "config_executed.json"),
         )
     elif not tracking:
@@ -802,8 +890,13 @@ def train(
         # The executed config with every macro resolved (what actually ran), as the MLflow artifact.
         atomic_write_json(out / "config_executed.json", parser.get())
     class_names = [str(c) for c in (parser.get("class_names") or [])]
+    _check_patch_size(parser, train_json)
     _Progress(evaluator, class_names, quiet).attach(trainer)
-    (root / "models").mkdir(exist_ok=True)
+    if time_budget is not None:
+        sched = parser.get_parsed_content("lr_scheduler") if "lr_scheduler" in parser else None
+        TimeBudget(time_budget, sched).attach(trainer)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    exports_before = {f: f.stat().st_mtime_ns for f in (models_dir / "model.ts", models_dir / "model.onnx") if f.is_file()}
     try:
         with _working_directory(root):
             workflow.run()
@@ -813,10 +906,18 @@ def train(
     metrics_file = out / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     run_id = tracking_mod.find_run_id(run_info) if run_info else None
+    if run_id and _is_rank0_env():
+        tracking_mod.record_run_id(out, run_id)
+    for export in exports_before:
+        logger.warning(
+            "%s was exported from the weights this run replaced: run `medfcn export --bundle %s` again",
+            export,
+            out if isolated else root,
+        )
     result = TrainResult(
         bundle=root,
         output_dir=out,
-        model_path=root / "models" / "model.pt",
+        model_path=models_dir / "model.pt",
         metrics=metrics,
         tracking_uri=run_info.get("tracking_uri"),
         experiment=run_info.get("experiment"),
@@ -836,6 +937,143 @@ def train(
 
 def _is_rank0_env() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def _check_fold(
+    fold: int | str | None, num_folds: int | None, raw: Mapping[str, Any], train_json: Path
+) -> tuple[int | str | None, int]:
+    """Validate ``fold``/``num_folds`` against the bundle; ``"3"`` becomes 3."""
+    if "fold" not in raw or "num_folds" not in raw:
+        raise BundleError(
+            f"{train_json} has no 'fold'/'num_folds' ids, so it cannot cross-validate: add \"fold\": null, "
+            "\"num_folds\": 5 and pass fold=@fold, num_folds=@num_folds to msd.split_datalist in its 'split'"
+        )
+    folds = int(num_folds if num_folds is not None else raw.get("num_folds") or 5)
+    if folds < 2:
+        raise InputError(f"--folds must be at least 2, got {folds}")
+    if isinstance(fold, str) and fold.strip().lower() != "all":
+        try:
+            fold = int(fold)
+        except ValueError:
+            raise InputError(f"--fold must be 'all' or an integer in [0, {folds - 1}], got {fold!r}") from None
+    if isinstance(fold, str):
+        fold = "all"
+    if isinstance(fold, int) and not 0 <= fold < folds:
+        raise InputError(f"--fold must be 'all' or an integer in [0, {folds - 1}], got {fold}")
+    return fold, folds
+
+
+def _check_resume(last: Path, epochs: int) -> None:
+    """A resumed run must have epochs left: say so in one line rather than let ignite raise."""
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        trainer = state["trainer"]  # ignite keeps iterations; the epoch follows from them
+        done = int(trainer["epoch"]) if "epoch" in trainer else int(trainer["iteration"]) // int(trainer["epoch_length"])
+    except Exception as err:  # a truncated or foreign file: name it
+        raise InputError(f"{last} is not a readable medfcn checkpoint ({_first_line(err)}); train without --resume") from err
+    if epochs and epochs <= done:
+        raise InputError(
+            f"{last.parent.parent} already completed {done} epoch(s); --resume continues a run only to more "
+            f"epochs (e.g. --epochs {done + 10}) — or start a new run without --resume"
+        )
+
+
+def _split_record(
+    config_files: Sequence[str], updates: Mapping[str, Any], root: Path, raw: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The train/validation split the config will use (``split``), for ``split.json`` and MLflow."""
+    from monai.bundle import ConfigParser
+
+    if "split" not in raw:
+        return None
+    parser = ConfigParser()
+    parser.read_config(list(config_files))
+    for key, value in updates.items():
+        parser[key] = value
+    try:
+        with _working_directory(root):
+            train_items, val_items = parser.get_parsed_content("split")
+    except (InputError, DataError):
+        raise
+    except Exception as err:
+        inner: BaseException = err
+        while inner.__cause__ is not None:
+            inner = inner.__cause__
+        if isinstance(inner, (InputError, DataError)):
+            raise inner from None
+        raise BundleError(f"{config_files[0]}: cannot build the train/validation split: {_first_line(err)}") from err
+    from medfcn.data.msd import case_id, split_digest
+
+    val = sorted(case_id(i) for i in val_items)
+    train = sorted(case_id(i) for i in train_items)
+    digest = split_digest(train_items, val_items)
+    merged = {**raw, **updates}
+    return {
+        "fold": merged.get("fold"),
+        "num_folds": merged.get("num_folds"),
+        "split_seed": merged.get("split_seed"),
+        "val_fraction": None if merged.get("fold") is not None else merged.get("val_fraction"),
+        "val_held_out": merged.get("fold") != "all",
+        "sha1": digest,
+        "train": train,
+        "val": val,
+    }
+
+
+def _split_params(split: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The split as MLflow params: fold, counts and a digest of the case lists (names stay local)."""
+    if split is None:
+        return {}
+    return {
+        "fold": split["fold"],
+        "num_folds": split["num_folds"],
+        "split_sha1": split["sha1"],
+        "n_train": len(split["train"]),
+        "n_val": len(split["val"]),
+    }
+
+
+def _copy_bundle_files(root: Path, out: Path) -> None:
+    """Make ``out`` a bundle: the source's configs, docs and licence files (never its weights or runs)."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in root.iterdir():
+        if entry.name in ("models", "runs", "eval", "logs") or entry.resolve() == out or out.is_relative_to(entry):
+            continue
+        target = out / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(entry, target)
+
+
+def _check_patch_size(parser: Any, train_json: Path) -> None:
+    """Refuse a patch too small for the network's total stride before ignite raises deep in a forward."""
+    from medfcn.networks import FCN
+
+    if "patch_size" not in parser or "network_def" not in parser:
+        return
+    try:
+        patch = [int(p) for p in parser.get_parsed_content("patch_size")]
+        net = parser.get_parsed_content("network_def", instantiate=True)
+    except Exception:  # not ours to judge: the run itself will say what is wrong
+        return
+    if not isinstance(net, FCN):
+        return
+    total = [1] * len(patch)
+    for stride in net.encoder.strides:
+        total = [t * s for t, s in zip(total, stride, strict=False)]
+    deepest = [-(-p // t) for p, t in zip(patch, total, strict=False)]
+    if int(np.prod(deepest)) <= 1:
+        smallest = [t + 1 if i == 0 else 1 for i, t in enumerate(total)]
+        example = [t * 2 for t in total]
+        raise InputError(
+            f"patch_size {patch} is too small for the network of {train_json.parent / 'inference.json'}: its total "
+            f"stride is {total}, so the deepest stage would hold a single voxel, which instance norm cannot "
+            f"normalise; the smallest valid patch has more than {total} voxels on one axis (e.g. {smallest}), "
+            f"multiples of the stride work best: set \"patch_size\": {example} in configs/inference.json"
+        )
 
 
 def _first_line(err: BaseException) -> str:

@@ -22,6 +22,7 @@ times faster than fp32; with AVX512-BF16 alone (``vdpbf16ps``: two bf16 products
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -145,6 +146,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _interleaved(fns: list[tuple[Callable[[], Any], bool]], warmup: int, repeats: int) -> list[float]:
+    """Median seconds of each (call, bf16) pair, timed in interleaved halves (A B A B: load hits all)."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(2):
+        for i, (fn, bf16) in enumerate(fns):
+            times[i] += _time(fn, bf16, warmup, (repeats + 1) // 2)
+    return [statistics.median(t) for t in times]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle (default bundles/liver)")
@@ -156,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=0, help="print only the N most expensive layers (0: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from medfcn.runtime import apply_precision_policy, cpu_bf16_units, layer_precisions
 
+    units = cpu_bf16_units()
     print(f"# bench_bf16 {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, threads={args.threads}, "
@@ -166,18 +178,26 @@ def main(argv: list[str] | None = None) -> int:
         f"# command: python benchmarks/bench_bf16.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     )
     net = _network(args.bundle)
+    # every convolution in bf16 with its weights cast once (what autocast computes, without its per-call
+    # weight casts, which inference_mode does not cache), and the network as medfcn runs it on this CPU
+    all_bf16 = copy.deepcopy(net)
+    apply_precision_policy(all_bf16, torch.bfloat16, "cpu", units=["AVX512-BF16"])
     x = torch.randn(args.batch, 1, *args.patch, generator=torch.Generator().manual_seed(0))
-    calls = _conv_calls(net, x)
+    policy_net = copy.deepcopy(net)
+    plan = apply_precision_policy(policy_net, torch.bfloat16, "cpu", units=units, input_shape=tuple(x.shape))
+    chosen = layer_precisions(policy_net)
+    calls32 = _conv_calls(net, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        calls16 = _conv_calls(all_bf16, x)
     measured = []
-    for desc, fn, macs in calls:
-        fp32: list[float] = []
-        bf16: list[float] = []
-        for _ in range(2):  # interleaved halves: a burst of load hits both precisions
-            fp32 += _time(fn, False, args.warmup, (args.repeats + 1) // 2)
-            bf16 += _time(fn, True, args.warmup, (args.repeats + 1) // 2)
-        measured.append((desc, statistics.median(fp32), statistics.median(bf16), macs))
+    for (desc, fn32, macs), (_, fn16, _) in zip(calls32, calls16, strict=True):
+        t32, t16 = _interleaved([(fn32, False), (fn16, True)], args.warmup, args.repeats)
+        layer = desc.split(" ")[0]
+        pick = "fp32" if chosen.get(layer) == "fp32" else "bf16"
+        measured.append((desc, t32, t16, macs, pick))
     total32 = sum(m[1] for m in measured)
     total16 = sum(m[2] for m in measured)
+    total_pick = sum(m[1] if m[4] == "fp32" else m[2] for m in measured)
     order = sorted(measured, key=lambda m: -m[1])
     if args.top:
         order = order[: args.top]
@@ -189,12 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{2 * macs / t32 / 1e9:.0f}",
             f"{2 * macs / t16 / 1e9:.0f}",
             f"{t32 / t16:.2f}x",
+            pick,
             f"{100 * t32 / total32:.1f}",
         ]
-        for desc, t32, t16, macs in order
+        for desc, t32, t16, macs, pick in order
     ]
     print(
         f"\n## Convolutions of the bundle network, batch {args.batch} x {'x'.join(map(str, args.patch))} (median ms per call)\n"
+    )
+    print(
+        f"bf16 = autocast with the weights in bf16; policy = the precision medfcn picks here ({plan.rule})\n"
     )
     print(
         _table(
@@ -205,34 +229,54 @@ def main(argv: list[str] | None = None) -> int:
                 "fp32 GFLOP/s",
                 "bf16 GFLOP/s",
                 "fp32 / bf16",
+                "policy",
                 "% of fp32 conv time",
             ],
             rows,
         )
     )
-    whole32: list[float] = []
-    whole16: list[float] = []
-    for _ in range(2):
-        whole32 += _time(lambda: net(x), False, args.warmup, (args.repeats + 1) // 2)
-        whole16 += _time(lambda: net(x), True, args.warmup, (args.repeats + 1) // 2)
-    w32, w16 = statistics.median(whole32), statistics.median(whole16)
+    w32, w16, wpol = _interleaved(
+        [(lambda: net(x), False), (lambda: net(x), True), (lambda: policy_net(x), True)],
+        args.warmup,
+        args.repeats,
+    )
     best = max(m[1] / m[2] for m in measured)
+    worst_pick = min(m[1] / (m[1] if m[4] == "fp32" else m[2]) for m in measured)
     print("\n## Summary\n")
     print(
         _table(
             ["what", "fp32 ms", "bf16 ms", "fp32 / bf16"],
             [
                 [
-                    "sum of the convolutions, each alone",
+                    "sum of the convolutions, each alone, all bf16",
                     f"{total32 * 1e3:.1f}",
                     f"{total16 * 1e3:.1f}",
                     f"{total32 / total16:.2f}x",
                 ],
-                ["whole network forward", f"{w32 * 1e3:.1f}", f"{w16 * 1e3:.1f}", f"{w32 / w16:.2f}x"],
-                ["best single convolution", "", "", f"{best:.2f}x"],
+                [
+                    "sum of the convolutions, each alone, policy",
+                    f"{total32 * 1e3:.1f}",
+                    f"{total_pick * 1e3:.1f}",
+                    f"{total32 / total_pick:.2f}x",
+                ],
+                [
+                    "whole network, plain autocast",
+                    f"{w32 * 1e3:.1f}",
+                    f"{w16 * 1e3:.1f}",
+                    f"{w32 / w16:.2f}x",
+                ],
+                [
+                    "whole network, medfcn policy",
+                    f"{w32 * 1e3:.1f}",
+                    f"{wpol * 1e3:.1f}",
+                    f"{w32 / wpol:.2f}x",
+                ],
+                ["best single convolution in bf16", "", "", f"{best:.2f}x"],
+                ["slowest convolution under the policy", "", "", f"{worst_pick:.2f}x"],
             ],
         )
     )
+    print(f"\npolicy: {plan.rule}; fp32 layers: {', '.join(plan.fp32_layers) or 'none'}")
     return 0
 
 

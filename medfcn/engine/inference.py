@@ -56,6 +56,15 @@ import numpy as np
 
 from medfcn._io import atomic_write, atomic_write_json, atomic_write_text
 from medfcn.errors import BundleError, InputError, MedfcnError
+from medfcn.runtime import (
+    AmpSetting,
+    PrecisionPlan,
+    apply_precision_policy,
+    autocast_dtype,
+    cpu_bf16_units,
+    cpu_has_bf16,
+)
+from medfcn.runtime import resolve_device as _resolve_device  # the old private name, used by callers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -87,76 +96,8 @@ CASE_FILES = {
 """File names inside ``<output>/<case-id>/``; ``done.json`` is written last and marks a complete case."""
 
 _LIST_SUFFIXES = {".txt", ".lst", ".list"}
-AmpSetting = bool | Literal["fp16", "bf16"] | None
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available (one GPU per torchrun rank), else ``cpu``."""
-    import torch
-
-    text = str(device).strip().lower()
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(text)
-    except RuntimeError as err:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def cpu_bf16_units() -> list[str]:
-    """The native bf16 units of this CPU: ``"AVX512-BF16"`` and/or ``"AMX"`` (empty: none).
-
-    AVX512-BF16 (``vdpbf16ps``) at most doubles the fp32 rate of a convolution: on the benchmark CPU the
-    liver FCN's convolutions gain 1.2-1.85x each and its sliding window 1.5-1.6x (``benchmarks/bench_bf16.py``).
-    AMX tiles (Intel Sapphire Rapids and later) run bf16 convolutions several times faster than fp32. Without
-    either, oneDNN emulates bf16 and autocast is slower than fp32.
-    """
-    import torch
-
-    try:
-        avx = bool(torch.cpu._is_avx512_bf16_supported())
-        amx = bool(torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # private helpers of torch >= 2.3; older torch: read the kernel's flags
-        try:
-            flags = set(Path("/proc/cpuinfo").read_text().split())
-        except OSError:
-            return []
-        avx, amx = "avx512_bf16" in flags, "amx_bf16" in flags or "amx_tile" in flags
-    return [name for name, present in (("AVX512-BF16", avx), ("AMX", amx)) if present]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 units (AVX512-BF16 or AMX), where CPU bf16 autocast pays."""
-    return bool(cpu_bf16_units())
-
-
-def _amp_dtype(amp: AmpSetting, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: CUDA bf16 where supported else fp16; CPU bf16; ``None``/False disables it."""
-    import torch
-
-    if amp is None:  # default: a clear win on GPUs, often a loss on CPUs without bf16 units
-        amp = device.type == "cuda"
-    if amp is False:
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise InputError("fp16 autocast needs a CUDA device; use amp='bf16' (or True) on the CPU")
-        return torch.float16
-    if amp == "bf16" or device.type == "cpu":
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -363,7 +304,7 @@ class Segmenter:
         if overlap is not None and not 0.0 <= overlap < 1.0:
             raise InputError(f"overlap must be in [0, 1), got {overlap}")
         self.device = _resolve_device(device)
-        self.amp_dtype = _amp_dtype(amp, self.device)
+        self.amp_dtype = autocast_dtype(self.device, amp)
         units = cpu_bf16_units() if amp is None and self.device.type == "cpu" else []
         if units:
             # fp32 stays the CPU default (the same numbers as `monai.bundle run` of the bundle), but say so
@@ -438,6 +379,12 @@ class Segmenter:
             self.in_channels: int | None = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
         except (KeyError, TypeError, ValueError):
             self.in_channels = None
+        roi = list(getattr(self.inferer, "roi_size", None) or [])
+        call_shape = (int(getattr(self.inferer, "sw_batch_size", 1)), self.in_channels or 1, *roi) if roi else None
+        # per-layer precision under CPU bf16 (medfcn.runtime): recorded in run.json, named by `medfcn info`
+        self.precision: PrecisionPlan = apply_precision_policy(
+            self.network, self.amp_dtype, self.device, input_shape=call_shape
+        )
 
     # -- one case
     def load(self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | MetaTensor) -> _Loaded:
@@ -576,6 +523,7 @@ class Segmenter:
             },
             "device": str(self.device),
             "amp": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
+            "precision": self.precision.as_dict(),
             "tta": self.tta,
             "sw_batch_size": getattr(inferer, "sw_batch_size", None),
             "overlap": getattr(inferer, "overlap", None),

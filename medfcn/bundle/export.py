@@ -285,6 +285,10 @@ def _load_state_dict(path: Path, key_in_ckpt: str) -> Mapping[str, Any]:
         if not isinstance(ckpt, Mapping) or key_in_ckpt not in ckpt:
             raise BundleError(f"{path}: checkpoint has no key {key_in_ckpt!r}")
         ckpt = ckpt[key_in_ckpt]
+    else:  # every form the model zoo ships: a bare state_dict, {"model": state_dict}, DDP "module." keys
+        from medfcn.bundle.weights import as_state_dict
+
+        ckpt = as_state_dict(ckpt, path)
     if not isinstance(ckpt, Mapping):
         raise BundleError(
             f"{path}: expected a state_dict (MONAI bundle convention), found {type(ckpt).__name__}"
@@ -517,10 +521,22 @@ def export_bundle(
         with torch.no_grad():
             reference = net(x) if check else None
     except (RuntimeError, ValueError) as err:
-        raise BundleError(
-            f"{root}: the checkpoint's network fails on a check volume of shape {shape} ({err}); "
-            "pass a larger check shape"
-        ) from err
+        if check_shape is None and check:  # networks such as MONAI's UNet need sizes divisible by their strides
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "the network does not take a %s volume; the export is checked at the patch size %s",
+                "x".join(map(str, shape[2:])), "x".join(map(str, patch)),
+            )
+            shape = (2, shape[1], *patch)
+            x = torch.randn(shape, generator=gen)
+            with torch.no_grad():
+                reference = net(x)
+        else:
+            raise BundleError(
+                f"{root}: the checkpoint's network fails on a check volume of shape {shape} ({err}); "
+                "pass a larger check shape"
+            ) from err
     bound = tolerance * max(1.0, float(reference.abs().max())) if reference is not None else None
 
     # ---- TorchScript: script, round-trip through bytes, check, then save with metadata (below)

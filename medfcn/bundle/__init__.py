@@ -67,6 +67,23 @@ class Bundle:
             return {}
 
     @property
+    def stale_exports(self) -> list[str]:
+        """Exports (``model.ts``, ``model.onnx``) made from other weights than the current ``model.pt``: the
+        sha256 that ``medfcn export`` recorded in ``metadata.json`` differs from ``model.pt``'s (a training
+        replaced the weights since). Reads ``model.pt`` once to hash it."""
+        exports = [n for n in ("model.ts", "model.onnx") if n in self.weights]
+        if not exports or "model.pt" not in self.weights:
+            return []
+        import hashlib
+
+        recorded = self.metadata.get("medfcn_weights_sha256")
+        digest = hashlib.sha256()
+        with open(self.weights["model.pt"], "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return exports if recorded != digest.hexdigest() else []
+
+    @property
     def trained(self) -> bool:
         """Whether the bundle has weights to run (``model.pt`` or ``model.ts``)."""
         return "model.pt" in self.weights or "model.ts" in self.weights

@@ -51,18 +51,19 @@ _OPTIONAL_PARTS = {
 
 
 def _package_version(module: str) -> str:
-    try:
-        if importlib.util.find_spec(module) is None:
-            return "not installed"
-    except (ImportError, ValueError):
-        return "not installed"
-    try:
-        from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version
 
-        dist = {"monai.deploy": "monai-deploy-app-sdk"}.get(module, module)
+    dist = {"monai.deploy": "monai-deploy-app-sdk"}.get(module, module)
+    try:  # the distribution's metadata first: find_spec("monai.deploy") would import all of monai (seconds)
         return version(dist)
     except PackageNotFoundError:
-        return "installed"
+        pass
+    if "." in module:
+        return "not installed"
+    try:
+        return "installed" if importlib.util.find_spec(module) is not None else "not installed"
+    except (ImportError, ValueError):
+        return "not installed"
 
 
 def _bundle_rows(path: Path) -> list[tuple[str, str]]:
@@ -80,6 +81,12 @@ def _bundle_rows(path: Path) -> list[tuple[str, str]]:
          f"{'x'.join(str(s) for s in inputs.get('spatial_shape', []))}"),
         ("configs", ", ".join(sorted(b.configs))),
         ("weights", ", ".join(sorted(b.weights)) or "none (train it: medfcn train --bundle ...)"),
+        *(
+            [("stale exports", f"{', '.join(stale)} made from other weights than models/model.pt: run "
+              f"`medfcn export --bundle {b.root}` again (medfcn infer uses model.pt)")]
+            if (stale := b.stale_exports)
+            else []
+        ),
         ("intended use", str(b.metadata.get("intended_use", ""))),
     ]
 
@@ -92,14 +99,15 @@ def info(
     ] = None,
 ) -> None:
     """Print versions of medfcn, MONAI and PyTorch, the devices available and the optional parts installed."""
-    import monai
+    from importlib.metadata import version
+
     import torch
 
     rows: list[tuple[str, str]] = [
         ("medfcn", __version__),
         ("python", platform.python_version()),
         ("platform", platform.platform(terse=True)),
-        ("monai", monai.__version__),
+        ("monai", version("monai")),  # not `import monai`: its package face loads every submodule (seconds)
         ("torch", torch.__version__),
         ("cuda available", str(torch.cuda.is_available())),
     ]
@@ -108,7 +116,7 @@ def info(
             rows.append((f"cuda:{i}", torch.cuda.get_device_name(i)))
     bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
     rows.append(("bf16 autocast", "yes" if bf16 else "no"))
-    from medfcn.engine.inference import cpu_bf16_units
+    from medfcn.runtime import cpu_bf16_units, describe_policy
 
     units = cpu_bf16_units()
     if not units:
@@ -118,6 +126,7 @@ def info(
     else:
         units_text = f"yes: {', '.join(units)}, no AMX (--amp about 1.5x faster for the network)"
     rows.append(("cpu bf16 units", units_text))
+    rows.append(("cpu bf16 policy", describe_policy(units)))
     rows.append(("cpu threads", str(torch.get_num_threads())))
     for module, what in _OPTIONAL_PARTS.items():
         rows.append((f"{module} ({what})", _package_version(module)))

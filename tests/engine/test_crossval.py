@@ -234,3 +234,39 @@ def test_a_patch_too_small_for_the_network_is_one_clear_line(tmp_path: Path, syn
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "patch_size [32, 32, 32] is too small" in result.output
+
+
+# ---------------------------------------------------------------------------------------- bundle weights
+
+
+def test_output_keeps_the_bundle_byte_identical_and_in_place_training_says_it_replaces_weights(
+    tmp_path: Path, synthetic_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import hashlib as _hashlib
+    import logging
+
+    from _liver_support import TINY_TRAINING
+
+    from medfcn.bundle import load_bundle, save_random_weights
+
+    bundle = copy_liver_bundle(tmp_path / "liver")
+    save_random_weights(bundle)
+    (bundle / "models" / "model.ts").write_bytes(b"an export of these weights")
+    meta_file = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["medfcn_weights_sha256"] = _hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
+    meta_file.write_text(json.dumps(meta, indent=4))
+    assert load_bundle(bundle).stale_exports == []
+    before = _tree_digest(bundle)
+    common = {"data_dir": synthetic_dataset, "epochs": 1, "device": "cpu", "tracking": False, "quiet": True,
+              "overrides": TINY_TRAINING}
+    elsewhere = train(bundle, output_dir=tmp_path / "copy", **common)
+    assert _tree_digest(bundle) == before  # --output: the bundle is left byte-identical
+    assert elsewhere.model_path == tmp_path / "copy" / "models" / "model.pt" and elsewhere.model_path.is_file()
+    assert load_bundle(tmp_path / "copy").trained  # the run folder is a runnable bundle
+    with caplog.at_level(logging.WARNING, logger="medfcn.engine.training"):
+        train(bundle, **common)
+    assert "this run replaces" in caplog.text and "model.ts was exported from the weights this run replaced" in caplog.text
+    assert load_bundle(bundle).stale_exports == ["model.ts"]
+    shown = runner.invoke(app, ["info", "--bundle", str(bundle)])
+    assert shown.exit_code == 0 and "stale exports" in shown.output and "medfcn export" in shown.output

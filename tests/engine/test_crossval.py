@@ -113,7 +113,7 @@ def test_evaluate_scores_the_fold_on_its_own_validation_cases(fold_run: tuple) -
 
 
 def test_a_fold_trained_on_another_split_is_refused(fold_run: tuple, tmp_path: Path) -> None:
-    bundle, data, _, _ = fold_run
+    bundle, _, _, _ = fold_run
     other = hippocampus_subset(tmp_path / "other", 6, start=6)  # other cases: another split
     with pytest.raises(DataError, match="another split"):
         evaluate_folds(bundle, other, folds=[1], num_folds=3, results=tmp_path / "r", device="cpu", progress=False)

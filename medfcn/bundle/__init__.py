@@ -71,7 +71,7 @@ class Bundle:
         """Exports (``model.ts``, ``model.onnx``) made from other weights than the current ``model.pt``: the
         sha256 that ``medfcn export`` recorded in ``metadata.json`` differs from ``model.pt``'s (a training
         replaced the weights since). Reads ``model.pt`` once to hash it."""
-        exports = [n for n in ("model.ts", "model.onnx") if n in self.weights]
+        exports: list[str] = [n for n in ("model.ts", "model.onnx") if n in self.weights]
         if not exports or "model.pt" not in self.weights:
             return []
         import hashlib

@@ -38,6 +38,7 @@ __all__ = [
     "autocast_dtype",
     "cpu_bf16_units",
     "cpu_has_bf16",
+    "describe_policy",
     "keeps_fp32",
     "layer_precisions",
     "resolve_device",
@@ -376,6 +377,19 @@ def apply_precision_policy(
         what = " and ".join(units) if units else "no bf16 units (emulated: slower than fp32)"
         rule = f"CPU bf16 with {what}: every convolution in bf16"
     return PrecisionPlan(name, rule, tuple(kept), len(layers) - len(kept))
+
+
+def describe_policy(units: list[str] | None = None) -> str:
+    """One line for ``medfcn info``: what ``--amp`` runs in on this CPU (:func:`apply_precision_policy`)."""
+    units = cpu_bf16_units() if units is None else units
+    if "AMX" in units:
+        return (
+            f"--amp: bf16, except convolutions with < {MIN_AMX_BF16_IN_CHANNELS} channels in or out or "
+            f"> {MAX_AMX_BF16_WEIGHT_PER_OUTPUT}x more weights than outputs (fp32: slower in bf16 on AMX)"
+        )
+    if units:
+        return "--amp: every convolution in bf16 (each gains on AVX512-BF16)"
+    return "--amp: every convolution in bf16, emulated (slower than fp32: keep --no-amp)"
 
 
 def layer_precisions(net: nn.Module) -> dict[str, str]:

@@ -109,7 +109,7 @@ def test_device_mps_is_accepted_where_torch_has_it(monkeypatch: pytest.MonkeyPat
     import medfcn.runtime as runtime
 
     monkeypatch.setattr(runtime, "_mps_available", lambda: False)
-    with pytest.raises(InputError, match="no MPS.*--device auto"):
+    with pytest.raises(InputError, match=r"no MPS.*--device auto"):
         resolve_device("mps")
     monkeypatch.setattr(runtime, "_mps_available", lambda: True)
     assert resolve_device("mps") == torch.device("mps")

@@ -59,7 +59,8 @@ def device_option() -> Any:
     """``--device``, spelled and explained once for every command that runs a network."""
     return typer.Option(
         "--device",
-        help="auto (a GPU if there is one, under torchrun the rank's own; else the CPU), cpu, cuda or cuda:N.",
+        help="auto (a GPU if there is one, under torchrun the rank's own; else Apple MPS; else the CPU, with a "
+        "warning), cpu, cuda, cuda:N or mps (where torch has it).",
     )
 
 

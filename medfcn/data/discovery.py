@@ -54,6 +54,7 @@ import numpy as np
 
 from medfcn.data.archives import ArchiveError, TemporaryTree, extract_zip, looks_like_zip
 from medfcn.data.enhanced import ENHANCED_VOLUME_SOP_CLASSES, FrameGeometry, expand_frames, frame_geometries
+from medfcn.data.labelmaps import label_folder_reason, label_map_reason
 from medfcn.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -900,8 +901,8 @@ def _nifti_size_problem(img: Any, path: Path) -> str | None:
     return f"truncated NIfTI file: header declares {dims} {dtype} voxels ({need:.3g} bytes) but the file has {have} bytes"
 
 
-def _nifti_case(f: _File) -> Case | Skipped:
-    """A NIfTI file from its header alone (no voxel data is read)."""
+def _nifti_case(f: _File, skip_label_maps: bool = True) -> Case | Skipped:
+    """A NIfTI file from its header (voxels are read only to tell a label map, see :mod:`.labelmaps`)."""
     import nibabel as nib
 
     try:
@@ -915,6 +916,10 @@ def _nifti_case(f: _File) -> Case | Skipped:
     problem = _nifti_size_problem(img, f.path)
     if problem:
         return Skipped(f.rel, problem)
+    if skip_label_maps:
+        label = label_map_reason(img.dataobj, shape, img.get_data_dtype(), f.path.name)
+        if label:
+            return Skipped(f.rel, label)
     while len(shape) < 3:
         shape = (*shape, 1)
     while len(zooms) < 3:
@@ -930,7 +935,7 @@ def _nifti_case(f: _File) -> Case | Skipped:
     )
 
 
-def _image_case(f: _File) -> Case | Skipped:
+def _image_case(f: _File, skip_label_maps: bool = True) -> Case | Skipped:
     """An NRRD/MetaImage file from its header (SimpleITK ``ReadImageInformation``)."""
     import SimpleITK as sitk
 
@@ -951,6 +956,14 @@ def _image_case(f: _File) -> Case | Skipped:
     if dim != 3:
         return Skipped(f.rel, f"{dim}D image (size {'x'.join(map(str, size))}): a 3D volume expected")
     spacing = tuple(float(s) for s in reader.GetSpacing())
+    if skip_label_maps:
+        import numpy as np
+
+        dtype = np.dtype(sitk.GetArrayViewFromImage(sitk.Image(1, 1, reader.GetPixelID())).dtype)
+        voxels = _LazyImageVoxels(f.path)
+        label = label_map_reason(voxels, size, dtype, f.path.name)
+        if label:
+            return Skipped(f.rel, label)
     return Case(
         id="",
         source=f.rel,
@@ -960,6 +973,19 @@ def _image_case(f: _File) -> Case | Skipped:
         shape=(size[0], size[1], size[2]),
         spacing=(spacing[0], spacing[1], spacing[2]),
     )
+
+
+class _LazyImageVoxels:
+    """The voxels of an NRRD/MetaImage file, read by SimpleITK only when ``np.asarray`` asks for them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        import SimpleITK as sitk
+
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(self.path)))
+        return array if dtype is None else array.astype(dtype)
 
 
 def _assign_ids(cases: list[Case]) -> None:
@@ -988,6 +1014,7 @@ def find_cases(
     series_description: str | None = None,
     include_images: bool = True,
     progress: bool = False,
+    skip_label_maps: bool = True,
 ) -> DiscoveryReport:
     """Find the scans under ``root`` and report everything else with a reason.
 
@@ -1008,6 +1035,8 @@ def find_cases(
         series_description: keep only DICOM series whose SeriesDescription matches this regular
             expression (case-insensitive search); NIfTI/image files are always kept.
         include_images: also take NRRD/MetaImage files (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``).
+        skip_label_maps: skip images in label folders (``labelsTr/`` beside ``imagesTr/``) and images
+            whose voxels are a label map (:mod:`medfcn.data.labelmaps`), each with its reason.
         progress: show a progress bar on stderr while headers are read.
 
     Returns:
@@ -1051,7 +1080,10 @@ def find_cases(
     cases: list[Case] = []
     headers: list[_DicomHeader] = []
     temporary: list[TemporaryTree] = []
-    bar = progress_bar(total=len(files), desc="scanning", unit="file", enabled=progress, leave=False, lines="end")
+    folders = {str(parent) for f in files for parent in PurePosixPath(f.rel).parents if str(parent) != "."}
+    bar = progress_bar(
+        total=len(files), desc="scanning", unit="file", enabled=progress, leave=False, lines="end"
+    )
     queue = list(reversed(files))
     while queue:
         f = queue.pop()
@@ -1059,18 +1091,25 @@ def find_cases(
         if _suffix(f.rel, (".zip",)):
             inner = _open_zip(f, skipped, temporary)
             for g in inner:
+                folders.update(str(parent) for parent in PurePosixPath(g.rel).parents if str(parent) != ".")
                 if _suffix(g.rel, (".mhd", ".nhdr")):
                     companions |= _companion_files(g.path)
             bar.total += len(inner)
             queue.extend(reversed(inner))
             continue
-        if _suffix(f.path.name, _NIFTI_SUFFIXES):
-            result = _nifti_case(f)
-        elif _suffix(f.path.name, _IMAGE_SUFFIXES):
+        is_nifti, is_image = _suffix(f.path.name, _NIFTI_SUFFIXES), _suffix(f.path.name, _IMAGE_SUFFIXES)
+        if (is_nifti or is_image) and skip_label_maps:
+            in_labels = label_folder_reason(f.rel, folders)
+            if in_labels:
+                skipped.append(Skipped(f.rel, in_labels))
+                continue
+        if is_nifti:
+            result = _nifti_case(f, skip_label_maps)
+        elif is_image:
             if not include_images:
                 skipped.append(Skipped(f.rel, "NRRD/MetaImage file (image files excluded)"))
                 continue
-            result = _image_case(f)
+            result = _image_case(f, skip_label_maps)
         elif os.path.normpath(str(f.path)) in companions:
             continue  # the voxel data of a .mhd/.nhdr header found above
         else:

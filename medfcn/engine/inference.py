@@ -88,12 +88,39 @@ logger = logging.getLogger(__name__)
 CASE_FILES = {
     "mask": "mask.nii.gz",
     "seg": "seg.dcm",
+    "rtstruct": "rtstruct.dcm",
     "probabilities": "probabilities.nii.gz",
     "preview": "preview.png",
     "stats": "stats.json",
     "done": "done.json",
 }
-"""File names inside ``<output>/<case-id>/``; ``done.json`` is written last and marks a complete case."""
+"""File names inside ``<output>/<case-id>/``; ``done.json`` is written last and marks a complete case.
+With ``per_class``, one ``mask_<class>.nii.gz`` per kept class is written beside ``mask.nii.gz``."""
+
+PER_CLASS_PATTERN = "mask_*.nii.gz"
+"""The per-class masks of a case folder (``mask_<class name>.nii.gz``, 0/1 uint8)."""
+
+
+def per_class_file(name: str) -> str:
+    """``mask_<name>.nii.gz`` with the class name made filesystem-safe."""
+    import re
+
+    return "mask_" + (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class") + ".nii.gz"
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """What :func:`segment_folder` writes per case (one record instead of a dozen keyword arguments)."""
+
+    classes: Mapping[int, Any]  # kept label value -> medfcn.data.segment_codes.ClassInfo
+    save_probabilities: bool = False
+    previews: bool = True
+    rtstruct: bool = True
+    per_class: bool = False
+    volume_ranges_ml: Mapping[str, tuple[float, float]] | None = None
+    max_entropy: float | None = None
+    window: tuple[float, float] | Literal["percentile"] = "percentile"
+
 
 _LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
@@ -770,21 +797,23 @@ def _write_case(
     case: Case,
     pred: Prediction,
     case_dir: Path,
-    *,
-    save_probabilities: bool,
-    previews: bool,
-    volume_ranges_ml: Mapping[str, tuple[float, float]] | None,
-    max_entropy: float | None,
+    opts: _Outputs,
 ) -> dict[str, Any]:
     """Write the outputs of one case (each atomically) and return its stats; done.json is not written here."""
     from medfcn.engine.stats import case_stats
 
     affine = pred.affine
     label = pred.label[0].numpy()
+    kept = sorted(int(v) for v in opts.classes)
+    if set(kept) != {int(v) for v in segmenter.class_names if int(v) != 0}:
+        label = np.where(np.isin(label, kept), label, 0).astype(np.uint8)  # --classes: the others -> 0
     image = pred.image[0].numpy()
     _save_nifti(case_dir / CASE_FILES["mask"], label.astype(np.uint8, copy=False), affine)
+    if opts.per_class:
+        for value, info in sorted(opts.classes.items()):
+            _save_nifti(case_dir / per_class_file(info.name), (label == value).astype(np.uint8), affine)
     probs = pred.probabilities.numpy() if pred.probabilities is not None else None
-    if save_probabilities and probs is not None:
+    if opts.save_probabilities and probs is not None:
         _save_nifti(
             case_dir / CASE_FILES["probabilities"], np.moveaxis(probs, 0, -1).astype(np.float32), affine
         )
@@ -796,26 +825,39 @@ def _write_case(
             affine,
             case.paths,
             case_dir / CASE_FILES["seg"],
-            class_names=segmenter.class_names,
+            class_names=opts.classes,
             algorithm_name=segmenter.name,
             algorithm_version=segmenter.version,
             series_description=f"{segmenter.name} segmentation (medfcn)",
         )
-    if previews:
+        if opts.rtstruct:
+            from medfcn.data.rtstruct import write_rtstruct
+
+            write_rtstruct(
+                label,
+                affine,
+                case.paths,
+                case_dir / CASE_FILES["rtstruct"],
+                classes=opts.classes,
+                algorithm_name=segmenter.name,
+                algorithm_version=segmenter.version,
+                series_description=f"{segmenter.name} structures (medfcn)",
+            )
+    if opts.previews:
         from medfcn.engine.preview import render_preview
 
-        sheet = render_preview(image, label, affine, window=segmenter.window or (-160.0, 240.0))
+        sheet = render_preview(image, label, affine, window=opts.window)
         atomic_write(case_dir / CASE_FILES["preview"], lambda tmp: sheet.save(tmp, format="PNG"))
     kwargs: dict[str, Any] = {}
-    if max_entropy is not None:
-        kwargs["max_entropy"] = max_entropy
+    if opts.max_entropy is not None:
+        kwargs["max_entropy"] = opts.max_entropy
     stats = case_stats(
         label,
         affine,
-        class_names=segmenter.class_names,
+        class_names={v: c.name for v, c in opts.classes.items()},
         image=image,
         probabilities=probs,
-        volume_ranges_ml=volume_ranges_ml,
+        volume_ranges_ml=opts.volume_ranges_ml,
         **kwargs,
     )
     if pred.nonfinite_voxels:
@@ -827,13 +869,65 @@ def _write_case(
     return stats
 
 
+def _case_files(case_dir: Path) -> list[Path]:
+    """medfcn's own output files in a case folder (fixed names and the per-class masks)."""
+    return [case_dir / name for name in CASE_FILES.values()] + sorted(case_dir.glob(PER_CLASS_PATTERN))
+
+
 def _remove_case_outputs(case_dir: Path) -> None:
     """Delete what a failed attempt wrote (only medfcn's own file names), and the folder if then empty."""
     _clean_temp(case_dir)
-    for name in CASE_FILES.values():
-        (case_dir / name).unlink(missing_ok=True)
+    for path in _case_files(case_dir):
+        path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         case_dir.rmdir()
+
+
+def _output_options(
+    segmenter: Segmenter,
+    *,
+    classes: Sequence[str] | None,
+    save_probabilities: bool,
+    previews: bool,
+    rtstruct: bool,
+    per_class: bool,
+    volume_ranges_ml: Mapping[str, tuple[float, float]] | None,
+    max_entropy: float | None,
+) -> _Outputs:
+    """The bundle's classes (names, codes, volume ranges, preview window) and the chosen subset.
+
+    Raises:
+        InputError: a ``classes`` name the bundle does not have.
+        BundleError: malformed ``medfcn`` metadata.
+    """
+    from medfcn.data.segment_codes import class_table, preview_window, volume_ranges
+
+    table = class_table(segmenter.metadata, segmenter.class_names)
+    if classes is not None:
+        by_name = {c.name.lower(): v for v, c in table.items()}
+        wanted = [n.strip() for n in classes if n.strip()]
+        unknown = [n for n in wanted if n.lower() not in by_name]
+        if unknown or not wanted:
+            raise InputError(
+                f"--classes {','.join(wanted) or '(none)'}: unknown class {', '.join(map(repr, unknown)) or '(none given)'}; "
+                f"the {segmenter.name} bundle has {', '.join(c.name for c in table.values())}"
+            )
+        keep = {by_name[n.lower()] for n in wanted}
+        table = {v: c for v, c in table.items() if v in keep}
+    ranges = volume_ranges(table) if volume_ranges_ml is None else dict(volume_ranges_ml)
+    window = preview_window(segmenter.metadata)
+    if window is None:  # the bundle's own intensity window (e.g. its HU window), else the image's range
+        window = (float(segmenter.window[0]), float(segmenter.window[1])) if segmenter.window else "percentile"
+    return _Outputs(
+        classes=table,
+        save_probabilities=save_probabilities,
+        previews=previews,
+        rtstruct=rtstruct,
+        per_class=per_class,
+        volume_ranges_ml={k: v for k, v in ranges.items() if k in {c.name for c in table.values()}},
+        max_entropy=max_entropy,
+        window=window,
+    )
 
 
 def _dist_info() -> tuple[int, int]:
@@ -880,6 +974,9 @@ def segment_folder(
     max_entropy: float | None = None,
     progress: bool = True,
     prefetch: int = 1,
+    rtstruct: bool = True,
+    per_class: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> RunSummary:
     """Segment every scan found under ``input`` and write per-case and run-level results to ``output``.
 
@@ -889,11 +986,13 @@ def segment_folder(
     once; a background thread reads and preprocesses the next case while the current one is computed.
 
     Per case, in ``output/<case-id>/`` (see :data:`CASE_FILES`): ``mask.nii.gz`` (uint8 labels, the
-    scan's shape and affine), ``seg.dcm`` (DICOM input: DICOM SEG on the source instances),
+    scan's shape and affine), ``mask_<class>.nii.gz`` (``per_class``), ``seg.dcm`` and ``rtstruct.dcm``
+    (DICOM input: DICOM SEG on the source instances, RT Structure Set contours on the source slices),
     ``probabilities.nii.gz`` (optional, ``(X, Y, Z, C)`` float32), ``preview.png``, ``stats.json``
     (:func:`medfcn.engine.stats.case_stats`) and ``done.json``, written last. Each file is written to a
     temp name and renamed. A rerun skips cases with ``done.json`` unless ``overwrite``; a failed case
-    leaves no files and is reported. Run level: ``summary.csv``, ``summary.json``, ``run.json``.
+    leaves no files and is reported. Run level: ``summary.csv``, ``summary.json``, ``run.json`` and
+    ``labels.json`` (class value -> name and codes, :func:`medfcn.data.segment_codes.labels_document`).
     Nothing is ever written under ``input``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` segments cases ``r::WORLD_SIZE`` (on
@@ -910,10 +1009,15 @@ def segment_folder(
         device, amp, sw_batch_size, overlap, tta: see :class:`Segmenter`.
         modality: only scans of this DICOM Modality (e.g. ``CT``); passed to discovery.
         min_slices: DICOM series with fewer slices are skipped (discovery's default if ``None``).
-        volume_ranges_ml: plausible volumes per class for the advisory flags (default: adult liver).
+        volume_ranges_ml: plausible volumes per class name for the advisory flags (default: the bundle
+            metadata's ``medfcn.classes.<value>.volume_ml``; classes listed are also flagged when empty).
         max_entropy: mean normalised entropy above which a case is flagged low-confidence.
         progress: show a progress bar (rank 0 only).
         prefetch: cases the loader thread may read ahead (1-2; each costs one volume of memory).
+        rtstruct: DICOM input: also write ``rtstruct.dcm`` (RT Structure Set, one ROI per class).
+        per_class: also write ``mask_<class>.nii.gz`` (0/1) per class beside ``mask.nii.gz``.
+        classes: keep only these classes (names from the bundle): other labels become 0 in every
+            output (mask, SEG, RTSTRUCT, stats, summaries, ``labels.json``). ``None`` keeps all.
 
     Returns:
         A :class:`RunSummary` (every rank gets the merged one under torchrun).
@@ -966,11 +1070,27 @@ def segment_folder(
             bundle
             if isinstance(bundle, Segmenter)
             else Segmenter(
-                bundle, device=device, amp=amp, sw_batch_size=sw_batch_size, overlap=overlap, tta=tta
+                bundle, device=device, amp=amp, sw_batch_size=sw_batch_size, overlap=overlap, tta=tta, lazy=True
             )
         )
         t_model = time.perf_counter()
+        opts = _output_options(
+            segmenter,
+            classes=classes,
+            save_probabilities=save_probabilities,
+            previews=previews,
+            rtstruct=rtstruct,
+            per_class=per_class,
+            volume_ranges_ml=volume_ranges_ml,
+            max_entropy=max_entropy,
+        )
         out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            from medfcn.data.segment_codes import labels_document
+
+            _write_json(
+                out / "labels.json", labels_document(opts.classes, bundle=segmenter.name, version=segmenter.version)
+            )
 
         mine = found.cases[rank::world]
         rows: dict[str, CaseResult] = {}
@@ -981,6 +1101,10 @@ def segment_folder(
                 rows[case.id] = _result_from_done(case, found.sources[case.id], case_dir)
             else:
                 todo.append(case)
+        if todo:  # the weights are read only when there is something to segment: a finished rerun reads none
+            t_weights = time.perf_counter()
+            segmenter.load_weights()
+            t_model += time.perf_counter() - t_weights
         bar = progress_bar(  # without a terminal, the write() below is the one line per case
             total=len(mine),
             initial=len(mine) - len(todo),
@@ -998,10 +1122,7 @@ def segment_folder(
                     load_error,
                     found.sources[case.id],
                     out / case.id,
-                    save_probabilities=save_probabilities,
-                    previews=previews,
-                    volume_ranges_ml=volume_ranges_ml,
-                    max_entropy=max_entropy,
+                    opts,
                 )
                 r = rows[case.id]
                 bar.set_postfix_str(f"{case.id} {r.status} {r.seconds:.1f}s")
@@ -1048,7 +1169,10 @@ def segment_folder(
                     "min_slices": min_slices,
                     "prefetch": prefetch,
                     "world_size": world,
-                    "volume_ranges_ml": {k: list(v) for k, v in (volume_ranges_ml or {}).items()} or None,
+                    "volume_ranges_ml": {k: list(v) for k, v in (opts.volume_ranges_ml or {}).items()} or None,
+                    "rtstruct": rtstruct,
+                    "per_class": per_class,
+                    "classes": [c.name for _, c in sorted(opts.classes.items())],
                     "max_entropy": max_entropy,
                 },
                 "counts": {
@@ -1067,7 +1191,7 @@ def segment_folder(
                 "started": started.isoformat(timespec="seconds"),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            _write_summaries(out, rows_out, segmenter.class_names, run_info)
+            _write_summaries(out, rows_out, {v: c.name for v, c in opts.classes.items()}, run_info)
         if world > 1:
             import torch.distributed as dist
 
@@ -1088,11 +1212,7 @@ def _run_case(
     load_error: BaseException | None,
     source: str,
     case_dir: Path,
-    *,
-    save_probabilities: bool,
-    previews: bool,
-    volume_ranges_ml: Mapping[str, tuple[float, float]] | None,
-    max_entropy: float | None,
+    opts: _Outputs,
 ) -> CaseResult:
     """Predict and write one case; any error becomes a ``failed`` row and leaves no files behind."""
     t0 = time.perf_counter()
@@ -1107,8 +1227,8 @@ def _run_case(
     # the folder never claims to be complete while files are being replaced.
     (case_dir / CASE_FILES["done"]).unlink(missing_ok=True)
     _clean_temp(case_dir)
-    for name in CASE_FILES.values():  # files of an earlier run that this one may not write again
-        (case_dir / name).unlink(missing_ok=True)
+    for path in _case_files(case_dir):  # files of an earlier run that this one may not write again
+        path.unlink(missing_ok=True)
     try:
         pred = segmenter.predict(loaded)
         stats = _write_case(
@@ -1116,10 +1236,7 @@ def _run_case(
             case,
             pred,
             case_dir,
-            save_probabilities=save_probabilities,
-            previews=previews,
-            volume_ranges_ml=volume_ranges_ml,
-            max_entropy=max_entropy,
+            opts,
         )
         seconds = loaded.seconds + time.perf_counter() - t0
         written = sorted(p.name for p in case_dir.iterdir() if not p.name.startswith("."))

@@ -6,18 +6,23 @@ in radiological convention (patient's right on the left of the image, anterior /
 stretched to the physical aspect ratio of the voxels.
 
 Example:
-    >>> img = render_preview(image_hu, label, affine, window=(-160.0, 240.0))  # doctest: +SKIP
+    >>> img = render_preview(image_hu, label, affine, window=(-160.0, 240.0))  # CT soft tissue  # doctest: +SKIP
+    >>> img = render_preview(image_mr, label, affine, window="percentile")  # MR: per-image range  # doctest: +SKIP
     >>> img.save("preview.png")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["render_preview"]
+__all__ = ["display_window", "render_preview"]
+
+PERCENTILES = (0.5, 99.5)
+"""The ``"percentile"`` window: these percentiles of the image's intensities (robust to outliers)."""
 
 # RGB of label values 1, 2, 3...; label 1 green (organ), 2 red (lesion), then a few distinct hues.
 _COLOURS = np.array(
@@ -65,12 +70,27 @@ def _pick(label_axis_profile: np.ndarray, n: int) -> list[int]:
     return sorted({round(lo + (hi - lo) * f) for f in np.linspace(0.2, 0.8, n)})
 
 
+def display_window(image: np.ndarray, window: Sequence[float] | Literal["percentile"]) -> tuple[float, float]:
+    """``(low, high)`` of ``window``: as given, or the :data:`PERCENTILES` of the finite voxels of ``image``."""
+    if isinstance(window, str):
+        if window != "percentile":
+            raise ValueError(f'window must be (low, high) or "percentile", got {window!r}')
+        flat = np.asarray(image).reshape(-1)
+        values = flat[:: max(1, flat.size // 2_000_000)].astype(np.float32)  # a strided sample: ~0.1 s
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return 0.0, 1.0
+        low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+        return (low, high) if high > low else (low, low + 1.0)
+    return float(window[0]), float(window[1])
+
+
 def render_preview(
     image: np.ndarray,
     label: np.ndarray,
     affine: np.ndarray,
     *,
-    window: Sequence[float] = (-160.0, 240.0),
+    window: Sequence[float] | Literal["percentile"] = "percentile",
     num_axial: int = 3,
     num_coronal: int = 2,
     alpha: float = 0.4,
@@ -81,7 +101,9 @@ def render_preview(
         image: ``(X, Y, Z)`` intensities (HU for CT) in the source geometry.
         label: ``(X, Y, Z)`` integer labels on the same grid (0 background).
         affine: ``(4, 4)`` voxel-to-world matrix (RAS, mm) of both arrays.
-        window: ``(low, high)`` display window in the image's units; values are clipped to it.
+        window: ``(low, high)`` display window in the image's units (values are clipped to it), or
+            ``"percentile"`` (default) for the 0.5-99.5 % range of the image (:func:`display_window`).
+            Bundles set theirs in ``metadata.json`` (``medfcn.preview_window``).
         num_axial: axial slices, spread over the cranio-caudal extent of the mask.
         num_coronal: coronal slices, spread over the antero-posterior extent of the mask.
         alpha: opacity of the mask colour.
@@ -99,7 +121,7 @@ def render_preview(
     affine = np.asarray(affine, dtype=np.float64)
     img, spacing = _to_ras(image.astype(np.float32, copy=False), affine)
     lab, _ = _to_ras(label, affine)
-    low, high = float(window[0]), float(window[1])
+    low, high = display_window(image, window)
     img = np.clip((img - low) / max(high - low, 1e-6), 0.0, 1.0)
 
     panels: list[Image.Image] = []

@@ -4,7 +4,8 @@ Everything is computed in the **source geometry** (the grid of the scan as loade
 scan's own voxel size: ``volume_ml = voxels * |det(affine[:3, :3])| / 1000``.
 
 The flags are advisory: they mark cases a person should look at (an organ that came out empty, an
-organ volume outside a plausible range, a prediction the network was unsure about), not failures.
+organ volume outside the plausible range the bundle declares, a prediction the network was unsure
+about), not failures.
 
 Example:
     >>> import numpy as np
@@ -22,12 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_VOLUME_RANGES_ML", "case_stats", "voxel_volume_ml"]
-
-DEFAULT_VOLUME_RANGES_ML: dict[str, tuple[float, float]] = {"liver": (500.0, 3500.0)}
-"""Plausible organ volumes of adults in mL (class name -> (low, high)). Classes listed here are also
-expected to be present, so an empty prediction of them is flagged. Synthetic phantoms and children are
-smaller: pass other ranges (or ``{}``) where these do not apply."""
+__all__ = ["case_stats", "voxel_volume_ml"]
 
 _DEFAULT_MAX_ENTROPY = 0.35  # normalised entropy above which a prediction is called low-confidence
 
@@ -106,7 +102,9 @@ def case_stats(
         probabilities: ``(C, X, Y, Z)`` class probabilities on the same grid (sum to 1 over C), for the
             confidence figure.
         volume_ranges_ml: class name -> plausible ``(low, high)`` volume in mL; those classes are also
-            flagged when empty. ``None`` uses :data:`DEFAULT_VOLUME_RANGES_ML`.
+            flagged when empty. ``None`` or ``{}``: no volume flags. The ranges belong to the bundle
+            (``metadata.json`` ``medfcn.classes.<value>.volume_ml``, read by
+            :func:`medfcn.data.segment_codes.volume_ranges`), not to this function.
         max_entropy: mean normalised entropy inside the predicted foreground above which the case is
             flagged ``low_confidence``.
 
@@ -128,7 +126,7 @@ def case_stats(
         raise ValueError(
             f"probabilities shape {np.shape(probabilities)} does not match label shape (C, *{label.shape})"
         )
-    ranges = DEFAULT_VOLUME_RANGES_ML if volume_ranges_ml is None else volume_ranges_ml
+    ranges = volume_ranges_ml or {}
     vox_ml = voxel_volume_ml(affine)
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 

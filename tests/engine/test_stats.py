@@ -55,7 +55,11 @@ def test_mean_intensity_and_largest_component_fraction() -> None:
     )
     # an empty class has no mean and no fraction, and is flagged when a range is declared for it
     empty = case_stats(
-        np.zeros((4, 4, 4), np.uint8), np.eye(4), class_names=CLASSES, image=np.zeros((4, 4, 4))
+        np.zeros((4, 4, 4), np.uint8),
+        np.eye(4),
+        class_names=CLASSES,
+        image=np.zeros((4, 4, 4)),
+        volume_ranges_ml={"liver": (500.0, 3500.0)},
     )
     assert empty["classes"]["liver"]["mean_intensity"] is None
     assert empty["classes"]["liver"]["largest_component_fraction"] is None
@@ -66,9 +70,13 @@ def test_volume_range_and_confidence_flags() -> None:
     label = np.zeros((10, 10, 10), np.uint8)
     label[2:8, 2:8, 2:8] = 1  # 216 voxels of 8 mm^3 = 1.728 mL
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    assert case_stats(label, affine, class_names=CLASSES)["flags"] == [
+    adult = {"liver": (500.0, 3500.0)}  # the liver bundle's metadata range
+    assert case_stats(label, affine, class_names=CLASSES, volume_ranges_ml=adult)["flags"] == [
         "volume_out_of_range:liver"
-    ]  # adult default
+    ]
+    # no range in the library: without the bundle's ranges nothing is flagged, not even empty classes
+    assert case_stats(label, affine, class_names=CLASSES)["flags"] == []
+    assert case_stats(np.zeros_like(label), affine, class_names=CLASSES)["flags"] == []
     assert (
         case_stats(label, affine, class_names=CLASSES, volume_ranges_ml={"liver": (1.0, 2.0)})["flags"] == []
     )

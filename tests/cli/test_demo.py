@@ -23,21 +23,41 @@ def test_readme_quick_start_matches_ci() -> None:
     assert "medfcn demo" in commands[0]
     test_command = commands[1].split("&&")[-1].strip()
     assert test_command in ci, f"README's test command {test_command!r} is not what .ci/run runs"
+    assert "--durations=15" in test_command
+
+
+# Third-party lines a user cannot act on (issue 17): none may reach a command's output.
+NOISE = (
+    "nvImageCodec",
+    "FutureWarning",
+    "UserWarning",
+    "Logging file is set to",
+    "Creating initial MLflow database tables",
+    "Updating database tables",
+)
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """Also the log-noise check of every step a user meets first (data, train, infer), with stdout and
+    stderr going to pipes: no third-party noise, no redrawn bars, one line per epoch and per case."""
     out = tmp_path / "demo"
     source = REPO / "bundles" / "liver"
     before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run(
         [sys.executable, "-m", "medfcn", "demo", "--output", str(out), "--epochs", "3", "--num-train", "4",
-         "--device", "cpu", "--quiet"],
+         "--device", "cpu"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout
+    log = result.stdout + result.stderr
+    assert not [n for n in NOISE if n in log], log[-5000:]
+    assert "\r" not in log, "a progress bar redrew itself into a pipe"
+    epochs = [line for line in result.stderr.splitlines() if re.match(r"epoch \d+/3: \d+/\d+ batch", line)]
+    assert len(epochs) == 3, result.stderr[-3000:]
+    assert len([line for line in result.stderr.splitlines() if ": ok in " in line]) == 4, result.stderr[-3000:]
     for label in ("data:", "training:", "bundle:", "masks:", "report:", "MLflow:"):
         assert label in text, label
     rows = list(csv.DictReader((out / "results" / "summary.csv").open()))

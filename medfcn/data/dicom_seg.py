@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from medfcn._io import atomic_write
-from medfcn.data.segment_codes import ClassInfo, algorithm_title, as_class_table, to_code
+from medfcn.data.segment_codes import ClassInfo, algorithm_title, apply_modifier, as_class_table, to_code
 from medfcn.errors import InputError
 
 __all__ = [
@@ -85,16 +85,7 @@ def segment_descriptions(
                 primary_anatomic_structures=None,
             )
         )
-        if info.modifier is not None:
-            from pydicom.dataset import Dataset
-
-            item = Dataset()
-            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
-                info.modifier[1],
-                info.modifier[0],
-                info.modifier[2],
-            )
-            out[-1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [item]
+        apply_modifier(out[-1], info.modifier)
     return out
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "ClassInfo",
     "Code",
     "algorithm_title",
+    "apply_modifier",
     "as_class_table",
     "class_table",
     "labels_document",
@@ -227,6 +228,22 @@ def class_table(
         else:
             out[value] = ClassInfo(value, name, _TISSUE, _local(name), None, region, volume, "local")
     return out
+
+
+def apply_modifier(description: Any, modifier: Code | None) -> Any:
+    """Put ``modifier`` into a SEG segment description's SegmentedPropertyTypeModifierCodeSequence.
+
+    highdicom's ``SegmentDescription`` (and Deploy's) take no modifier; DICOM nests it inside the
+    Segmented Property Type item (PS3.3 C.8.20.2). Returns ``description``, changed in place.
+    """
+    if modifier is None:
+        return description
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = modifier[1], modifier[0], modifier[2]
+    description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [item]
+    return description
 
 
 def algorithm_title(bundle: str, version: str) -> str:

@@ -11,8 +11,10 @@ The bundle is the exported TorchScript (``medfcn export``): ``models/model.ts`` 
 and a self-contained ``inference.json``, and ``MonaiBundleInferenceOperator`` runs that config's
 ``preprocessing`` / ``inferer`` / ``postprocessing`` (it drops ``LoadImage*`` and ``SaveImage*``, which
 deal with files, because Deploy hands over an in-memory volume and takes the mask back in memory).
-Segment labels come from the bundle's ``channel_def``; each is coded with SNOMED CT where the name is
-known (see ``CODED_SEGMENTS``).
+Segment labels and codes come from medfcn's one segment-coding table,
+:func:`medfcn.data.segment_codes.class_table`: the bundle metadata's ``medfcn.classes`` (SNOMED codes,
+modifiers), else the name table, else a local ``99MEDFCN`` code; ``medfcn infer`` writes the same codes
+(``tests/workflows/test_deploy_codes.py``).
 
 Three small subclasses keep the result identical to ``medfcn infer`` on the same series (the test in
 ``tests/workflows`` checks it voxel for voxel):
@@ -65,9 +67,11 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 )
 from pydicom.sr.codedict import codes
 
+from medfcn.data.segment_codes import algorithm_title, apply_modifier, class_table, to_code
+
 __all__ = [
-    "CODED_SEGMENTS",
     "BundleInference",
+    "CodedSegment",
     "LiverSegApp",
     "NiftiMaskWriter",
     "SeriesSelector",
@@ -81,16 +85,16 @@ APP_DIR = Path(__file__).resolve().parent
 RULES_FILE = APP_DIR / "series_selection_rules.json"
 MIN_SLICES_KEY = "MinSlices"
 
-# label name (lower case) -> (segmented property category, segmented property type, anatomic regions)
-CODED_SEGMENTS: dict[str, tuple[Any, Any, tuple[Any, ...]]] = {
-    "liver": (codes.SCT.Organ, codes.SCT.Liver, ()),
-    "spleen": (codes.SCT.Organ, codes.SCT.Spleen, ()),
-    "kidney": (codes.SCT.Organ, codes.SCT.Kidney, ()),
-    "tumour": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm, (codes.SCT.Liver,)),
-    "tumor": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm, (codes.SCT.Liver,)),
-    "lesion": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion, ()),
-}
-_FALLBACK = (codes.SCT.Tissue, codes.SCT.Tissue, ())
+
+class CodedSegment(SegmentDescription):
+    """Deploy's ``SegmentDescription`` plus the property-type modifier it does not take (e.g. Anterior)."""
+
+    def __init__(self, *args: Any, modifier: tuple[str, str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.modifier = modifier
+
+    def to_segment_description(self, segment_number: int) -> Any:
+        return apply_modifier(super().to_segment_description(segment_number), self.modifier)
 
 
 def find_model_file(model_path: str | os.PathLike[str]) -> Path:
@@ -117,27 +121,24 @@ def read_bundle_metadata(model_file: Path) -> dict:
 
 
 def segment_descriptions(metadata: dict) -> list[SegmentDescription]:
-    """One coded ``SegmentDescription`` per foreground channel of the bundle's output ``channel_def``.
+    """One coded ``SegmentDescription`` per foreground class of the bundle (medfcn's class table).
 
     The DICOM SEG writer numbers segments from 1 in this order, matching label values 1..N.
     """
-    output = metadata["network_data_format"]["outputs"]["pred"]
-    channel_def = {int(k): str(v) for k, v in output["channel_def"].items()}
     name = str(metadata.get("name", "medfcn bundle"))[:64]
     version = str(metadata.get("version", "0"))[:64]
-    descriptions = []
-    for label in sorted(k for k in channel_def if k > 0):
-        text = channel_def[label]
-        category, kind, regions = CODED_SEGMENTS.get(text.strip().lower(), _FALLBACK)
+    descriptions: list[SegmentDescription] = []
+    for _value, info in sorted(class_table(metadata).items()):
         descriptions.append(
-            SegmentDescription(
-                segment_label=text[:64],
-                segmented_property_category=category,
-                segmented_property_type=kind,
-                algorithm_name=name,
+            CodedSegment(
+                segment_label=info.name[:64],
+                segmented_property_category=to_code(info.category),
+                segmented_property_type=to_code(info.type),
+                algorithm_name=algorithm_title(name, version),
                 algorithm_family=codes.DCM.ArtificialIntelligence,
                 algorithm_version=version,
-                anatomic_regions=list(regions) or None,
+                anatomic_regions=[to_code(info.anatomic_region)] if info.anatomic_region else None,
+                modifier=info.modifier,
             )
         )
     return descriptions

@@ -221,7 +221,7 @@ class ScoreUpsample(nn.Module):
     tapers linearly, like a zero-padded border. A factor of 1 is a 1x1 convolution (identity at init).
 
     Args:
-        spatial_dims: 2 or 3.
+        spatial_dims: 1, 2 or 3.
         in_channels: channels of the incoming map.
         out_channels: channels of the result.
         factor: upsampling factor per spatial dim.
@@ -298,7 +298,12 @@ class ScoreUpsample(nn.Module):
         """
         weight = self.subpixel_weight()
         xp = F.pad(x, self.input_pad)
-        y = F.conv3d(xp, weight) if self.spatial_dims == 3 else F.conv2d(xp, weight)
+        if self.spatial_dims == 3:
+            y = F.conv3d(xp, weight)
+        elif self.spatial_dims == 2:
+            y = F.conv2d(xp, weight)
+        else:
+            y = F.conv1d(xp, weight)
         b, cout = y.shape[0], y.shape[1] // self.n_phases
         phases: list[int] = [b, cout]  # (B, C, f_1, .., f_d, s_1, .., s_d)
         fine: list[int] = [b, cout]  # (B, C, f_1 * s_1, .., f_d * s_d)
@@ -347,7 +352,7 @@ class FCNEncoder(nn.Module):
     resolution, which keeps CPU cost low (no many-channel convolution at full resolution).
 
     Args:
-        spatial_dims: 2 or 3.
+        spatial_dims: 1, 2 or 3.
         in_channels: input channels.
         channels: output channels per stage.
         strides: stride per stage (int, or one int per spatial dim for anisotropic data).
@@ -464,7 +469,7 @@ class FCNDecoder(nn.Module):
     """Score heads, skip fusion and the final upsampling, sized from an encoder's per-stage description.
 
     Args:
-        spatial_dims: 2 or 3.
+        spatial_dims: 1, 2 or 3.
         encoder_channels: the encoder's ``out_channels`` (one entry per stage, finest first).
         encoder_strides: the encoder's per-stage stride tuples.
         out_channels: number of classes (score channels).
@@ -558,7 +563,7 @@ class FCN(nn.Module):
     """Fully Convolutional Network for 2D/3D segmentation (FCN-32s/16s/8s generalised to N stages).
 
     Args:
-        spatial_dims: 2 or 3 (one code path).
+        spatial_dims: 1, 2 or 3 (one code path).
         in_channels: input channels (1 for CT).
         out_channels: classes, i.e. logit channels (3 for background/liver/tumour).
         channels: encoder channels per stage; the number of stages is ``len(channels)``.

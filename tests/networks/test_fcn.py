@@ -88,6 +88,14 @@ class TestFCN2DConcat(BaseFCNTest):
     sizes: ClassVar[list[tuple[int, ...]]] = [(35, 39), (49, 7)]
 
 
+class TestFCN1D(BaseFCNTest):
+    """1D (signals, profiles along a line): issue 17 found ``FCN(spatial_dims=1)`` accepted but failing."""
+
+    spatial_dims = 1
+    kwargs: ClassVar[dict[str, Any]] = {"fusion": "concat", "blocks": 1}
+    sizes: ClassVar[list[tuple[int, ...]]] = [(67,), (101,), (33,)]
+
+
 class TestFCN3DSum(BaseFCNTest):
     spatial_dims = 3
     kwargs: ClassVar[dict[str, Any]] = {"blocks": 1}
@@ -344,7 +352,17 @@ def test_parameter_count_is_dominated_by_the_deep_stages() -> None:
 
 @pytest.mark.parametrize(
     ("spatial_dims", "factor"),
-    [(3, (2, 2, 2)), (3, (2, 2, 1)), (3, (3, 1, 2)), (3, (1, 1, 1)), (2, (2, 2)), (2, (4, 1)), (2, (3, 3))],
+    [
+        (3, (2, 2, 2)),
+        (3, (2, 2, 1)),
+        (3, (3, 1, 2)),
+        (3, (1, 1, 1)),
+        (2, (2, 2)),
+        (2, (4, 1)),
+        (2, (3, 3)),
+        (1, (2,)),
+        (1, (3,)),
+    ],
 )
 def test_subpixel_forward_equals_the_transposed_convolution(
     spatial_dims: int, factor: tuple[int, ...]

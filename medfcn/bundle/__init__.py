@@ -81,7 +81,9 @@ class Bundle:
         with open(self.weights["model.pt"], "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-        return exports if recorded != digest.hexdigest() else []
+        if recorded == digest.hexdigest():
+            return []
+        return exports
 
     @property
     def trained(self) -> bool:

@@ -23,7 +23,7 @@ from medfcn.errors import BundleError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["WEIGHT_FILES", "as_state_dict", "find_weights", "load_network", "read_state_dict"]
+__all__ = ["WEIGHT_FILES", "as_state_dict", "find_weights", "load_network", "no_weights_error", "read_state_dict"]
 
 WEIGHT_FILES = ("model.pt", "model.ts")
 """The weight files a bundle's ``models/`` may hold, in the order they are preferred."""
@@ -154,7 +154,12 @@ def load_network(
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BundleError(f"{ts} is not a readable TorchScript model: {first[:200]}") from err
         return module, str(ts.relative_to(bundle_root))
-    raise BundleError(
+    raise no_weights_error(bundle_root)
+
+
+def no_weights_error(bundle_root: Path) -> BundleError:
+    """The one-line error for a bundle without ``models/model.pt`` or ``models/model.ts``."""
+    return BundleError(
         f"{bundle_root} has no weights (models/model.pt or models/model.ts); train it first "
         "(medfcn train), fetch them (medfcn bundle download, from large_files.yml) or point --bundle at a "
         "trained bundle"

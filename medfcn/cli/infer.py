@@ -177,7 +177,9 @@ def infer(
     n_cases = summary.ok + summary.failed
     if rank0 and (not quiet or summary.failed or n_cases == 0):
         typer.echo(
-            f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped (not scans) "
+            f"{summary.ok - summary.already_done} ok, "
+            + (f"{summary.already_done} already done, " if summary.already_done else "")
+            + f"{summary.failed} failed, {summary.skipped} skipped (not scans) "
             f"in {summary.seconds:.1f} s -> {output / 'summary.csv'}",
             err=True,
         )

@@ -85,6 +85,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+Source = Any
+"""What :meth:`Segmenter.load` reads: a path, a list of paths, or an image in memory (see there)."""
+
 CASE_FILES = {
     "mask": "mask.nii.gz",
     "seg": "seg.dcm",
@@ -286,6 +289,9 @@ class Segmenter:
         keep_probabilities: return the class probabilities in :attr:`Prediction.probabilities`.
         network: use this module instead of the bundle's ``network_def`` and weights (tests, custom models).
         overrides: extra ``ConfigParser`` overrides (``{"id#key": value}``) applied before parsing.
+        lazy: read the weights on first use (:attr:`network`, :meth:`predict`) instead of now; that a
+            weights file exists is still checked now. :func:`segment_folder` uses it so that a rerun
+            with nothing left to segment loads no model.
 
     Raises:
         BundleError: missing or invalid configs, ids or weights.
@@ -310,6 +316,7 @@ class Segmenter:
         keep_probabilities: bool = True,
         network: torch.nn.Module | None = None,
         overrides: Mapping[str, Any] | None = None,
+        lazy: bool = False,
     ) -> None:
         from monai.transforms import Compose, LoadImaged
 
@@ -320,7 +327,7 @@ class Segmenter:
             out_channels_of,
             read_pipeline,
         )
-        from medfcn.bundle.weights import load_network
+        from medfcn.bundle.weights import find_weights, no_weights_error
 
         self.bundle_root = Path(bundle).resolve()
         config_file = self.bundle_root / "configs" / "inference.json"
@@ -389,32 +396,56 @@ class Segmenter:
         self.version = str(meta.get("version") or "0")
         self.metadata: dict[str, Any] = dict(meta)
         self.weights: str | None = None
-        if network is not None:
-            self.network = network.to(self.device)
-        else:
-            self.network, self.weights = load_network(
-                self.bundle_root,
-                lambda: parser.get_parsed_content("network" if "network" in parser else "network_def"),
-                self.device,
-                config_file,
-            )
-        self.network.eval()
+        self._network: torch.nn.Module | None = None
+        self._build_network = lambda: parser.get_parsed_content("network" if "network" in parser else "network_def")
+        self._config_file = config_file
+        self.precision: PrecisionPlan | None = None
+        if network is None:
+            found_weights = find_weights(self.bundle_root)
+            if found_weights is None:
+                raise no_weights_error(self.bundle_root)
+            self.weights = str(found_weights.relative_to(self.bundle_root))
         self.class_names = class_names_of(
-            meta, out_channels_of(parser, self.network), self.name, multilabel=self.multilabel
+            meta, out_channels_of(parser, network), self.name, multilabel=self.multilabel
         )
         try:
             self.in_channels: int | None = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
         except (KeyError, TypeError, ValueError):
             self.in_channels = None
+        if network is not None:
+            self._prepare_network(network.to(self.device))
+        elif not lazy:
+            self.load_weights()
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network with its weights, on :attr:`device` in eval mode (read on first use when ``lazy``)."""
+        return self.load_weights()
+
+    def load_weights(self) -> torch.nn.Module:
+        """Build the network and read its weights unless done already; return it.
+
+        Raises:
+            BundleError: unreadable weights, or weights that do not fit ``network_def``.
+        """
+        if self._network is None:
+            from medfcn.bundle.weights import load_network
+
+            net, self.weights = load_network(self.bundle_root, self._build_network, self.device, self._config_file)
+            self._prepare_network(net)
+        assert self._network is not None
+        return self._network
+
+    def _prepare_network(self, net: torch.nn.Module) -> None:
+        net.eval()
         roi = list(getattr(self.inferer, "roi_size", None) or [])
         call_shape = (int(getattr(self.inferer, "sw_batch_size", 1)), self.in_channels or 1, *roi) if roi else None
         # per-layer precision under CPU bf16 (medfcn.runtime): recorded in run.json, named by `medfcn info`
-        self.precision: PrecisionPlan = apply_precision_policy(
-            self.network, self.amp_dtype, self.device, input_shape=call_shape
-        )
+        self.precision = apply_precision_policy(net, self.amp_dtype, self.device, input_shape=call_shape)
+        self._network = net
 
     # -- one case
-    def load(self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | MetaTensor) -> _Loaded:
+    def load(self, source: Source) -> _Loaded:
         """Read (unless in memory) and preprocess one scan with the bundle's transforms.
 
         Thread-safe for one loader thread beside the predicting thread (:func:`segment_folder` uses it so).
@@ -422,8 +453,10 @@ class Segmenter:
         counted (:attr:`Prediction.nonfinite_voxels`); a MetaTensor passed in is not modified.
 
         Args:
-            source: a NIfTI/image file, a DICOM series folder, the list of files of one series, or a
-                MetaTensor ``(X, Y, Z)`` / ``(1, X, Y, Z)`` with its affine.
+            source: a NIfTI/image file, a DICOM series folder, the list of files of one series (or of one
+                case's channels), or an image in memory: a MetaTensor ``(X, Y, Z)`` / ``(C, X, Y, Z)`` with
+                its affine, a nibabel image, a SimpleITK image, or ``(array, affine)`` (RAS, mm;
+                :mod:`medfcn.engine.sources`).
 
         Raises:
             InputError: the scan cannot be read or preprocessed, or has no finite voxel (message names
@@ -432,9 +465,12 @@ class Segmenter:
         from monai.data import MetaTensor
         from monai.transforms import EnsureChannelFirst
 
+        from medfcn.engine.sources import in_memory_image
+
         t0 = time.perf_counter()
-        if isinstance(source, MetaTensor):
-            image = _channel_first(source.clone())
+        memory = in_memory_image(source)  # nibabel/SimpleITK images and (array, affine) as MetaTensors
+        if memory is not None:
+            image = _channel_first(memory.clone())
             name = "in-memory image"
         else:
             if self._load is None:
@@ -533,7 +569,7 @@ class Segmenter:
         )
 
     def __call__(
-        self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | MetaTensor
+        self, source: Source
     ) -> Prediction:
         """Segment one scan (see :meth:`load` for what ``source`` may be); the result is in its geometry."""
         return self.predict(self.load(source))
@@ -550,7 +586,7 @@ class Segmenter:
             },
             "device": str(self.device),
             "amp": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
-            "precision": self.precision.as_dict(),
+            "precision": self.precision.as_dict() if self.precision is not None else None,
             "tta": self.tta,
             "sw_batch_size": getattr(inferer, "sw_batch_size", None),
             "overlap": getattr(inferer, "overlap", None),
@@ -575,6 +611,7 @@ class CaseResult:
         volumes_ml: class name -> predicted volume in mL.
         flags: advisory flags from :func:`medfcn.engine.stats.case_stats`.
         seconds: time spent on the case in this run (or the earlier run that produced it).
+        kept: an ``ok`` case whose complete outputs an earlier run wrote (nothing was recomputed).
     """
 
     id: str
@@ -585,6 +622,7 @@ class CaseResult:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    kept: bool = False
 
 
 @dataclass
@@ -619,6 +657,11 @@ class RunSummary:
     def skipped(self) -> int:
         """Inputs discovery did not accept as scans."""
         return self.count("skipped")
+
+    @property
+    def already_done(self) -> int:
+        """``ok`` cases kept from an earlier run (counted in :attr:`ok` too)."""
+        return sum(1 for c in self.cases if c.status == "ok" and c.kept)
 
 
 def _read_list_file(path: Path) -> list[Path]:
@@ -737,6 +780,7 @@ def _result_from_done(case: Case, source: str, case_dir: Path) -> CaseResult:
         volumes,
         flags,
         seconds,
+        kept=True,
     )
 
 

@@ -52,7 +52,7 @@ def label_folder_reason(rel: str, folders: Collection[str]) -> str | None:
         if name in _LABEL_FOLDERS:
             parent = "/".join(parts[:depth])
             sibling = f"{parent}/{_LABEL_FOLDERS[name]}" if parent else _LABEL_FOLDERS[name]
-            if sibling in lowered:
+            if sibling.lower() in lowered:
                 where = "/".join(parts[: depth + 1])
                 return f"in the label folder {where} of an MSD-style dataset (a label map, not a scan)"
     return None

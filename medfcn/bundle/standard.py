@@ -345,10 +345,16 @@ def out_channels_of(parser: ConfigParser, network: Any = None) -> int | None:
     """The number of output channels: the network's ``out_channels``, the metadata's, or ``network_def``'s."""
     meta = parser.get("_meta_", {}) or {}
     net_def = parser.get("network_def")
+    declared = net_def.get("out_channels") if isinstance(net_def, Mapping) else None
+    if declared is not None and not isinstance(declared, int):  # "@num_classes": resolve the reference only
+        try:
+            declared = parser.get_parsed_content("network_def#out_channels")
+        except Exception:  # an expression needing what is not there: fall through to None
+            declared = None
     for value in (
         getattr(network, "out_channels", None),
         meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("num_channels"),
-        net_def.get("out_channels") if isinstance(net_def, Mapping) else None,
+        declared,
     ):
         if isinstance(value, int) and value > 0:
             return value

@@ -9,14 +9,17 @@ The bundle's ``network_def`` runs once on a ``--batch`` of ``--patch`` patches (
 with forward hooks that record the input shape of every ``ConvNd`` / ``ConvTransposeNd`` and of every
 ``F.conv`` call made by :class:`~medfcn.networks.fcn.ScoreUpsample` (its sub-pixel convolution). Each
 distinct (layer, input shape) is then timed alone: ``--repeats`` calls after ``--warmup``, median, in fp32
-and under ``torch.autocast("cpu", torch.bfloat16)``, interleaved, under ``torch.inference_mode()``. The
-table gives ms per call, GFLOP/s (2 x MACs of the convolution) and the fp32 / bf16 ratio, weighted to
-the layer's share of the network. The last rows time the whole network the same way.
+and in bf16 (autocast with the layer's weights stored in bf16, as :func:`medfcn.runtime.apply_precision_policy`
+does: under ``torch.inference_mode()`` autocast re-casts every weight on every call), interleaved. The
+``policy`` column is the precision medfcn picks for the layer on this CPU. The table gives ms per call,
+GFLOP/s (2 x MACs of the convolution) and the fp32 / bf16 ratio, weighted to the layer's share of the
+network. The last rows time the whole network: fp32, plain bf16 autocast (medfcn before the policy),
+and the policy.
 
 Why it exists: the bf16 speed-up of the whole network is bounded by what oneDNN's bf16 kernels gain over
-its fp32 kernels on the CPU at hand. With AMX (Sapphire Rapids and later) bf16 convolutions run several
-times faster than fp32; with AVX512-BF16 alone (``vdpbf16ps``: two bf16 products per fp32 lane) about
-2x at best. The CPU flags are printed with the table.
+its fp32 kernels on the CPU at hand. With AMX (Sapphire Rapids and later) wide bf16 convolutions run
+several times faster than fp32, and narrow or weight-bound ones slower; with AVX512-BF16 alone
+(``vdpbf16ps``: two bf16 products per fp32 lane) about 2x at best. The CPU flags are printed with the table.
 """
 
 from __future__ import annotations
@@ -146,13 +149,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _interleaved(fns: list[tuple[Callable[[], Any], bool]], warmup: int, repeats: int) -> list[float]:
-    """Median seconds of each (call, bf16) pair, timed in interleaved halves (A B A B: load hits all)."""
+_STAT: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+
+
+def _interleaved(
+    fns: list[tuple[Callable[[], Any], bool]], warmup: int, repeats: int, stat: str = "median"
+) -> list[float]:
+    """Median (or min) seconds of each (call, bf16) pair, timed in interleaved halves (A B A B: a burst of
+    load hits all of them)."""
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(2):
         for i, (fn, bf16) in enumerate(fns):
             times[i] += _time(fn, bf16, warmup, (repeats + 1) // 2)
-    return [statistics.median(t) for t in times]
+    return [_STAT[stat](t) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--top", type=int, default=0, help="print only the N most expensive layers (0: all)")
+    p.add_argument(
+        "--stat",
+        choices=sorted(_STAT),
+        default="median",
+        help="statistic of the repeats; min is the robust one on a machine shared with other work",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from medfcn.runtime import apply_precision_policy, cpu_bf16_units, layer_precisions
@@ -191,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         calls16 = _conv_calls(all_bf16, x)
     measured = []
     for (desc, fn32, macs), (_, fn16, _) in zip(calls32, calls16, strict=True):
-        t32, t16 = _interleaved([(fn32, False), (fn16, True)], args.warmup, args.repeats)
+        t32, t16 = _interleaved([(fn32, False), (fn16, True)], args.warmup, args.repeats, args.stat)
         layer = desc.split(" ")[0]
         pick = "fp32" if chosen.get(layer) == "fp32" else "bf16"
         measured.append((desc, t32, t16, macs, pick))
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         for desc, t32, t16, macs, pick in order
     ]
     print(
-        f"\n## Convolutions of the bundle network, batch {args.batch} x {'x'.join(map(str, args.patch))} (median ms per call)\n"
+        f"\n## Convolutions of the bundle network, batch {args.batch} x {'x'.join(map(str, args.patch))} ({args.stat} ms per call)\n"
     )
     print(
         f"bf16 = autocast with the weights in bf16; policy = the precision medfcn picks here ({plan.rule})\n"
@@ -239,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         [(lambda: net(x), False), (lambda: net(x), True), (lambda: policy_net(x), True)],
         args.warmup,
         args.repeats,
+        args.stat,
     )
     best = max(m[1] / m[2] for m in measured)
     worst_pick = min(m[1] / (m[1] if m[4] == "fp32" else m[2]) for m in measured)

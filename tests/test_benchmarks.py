@@ -64,4 +64,6 @@ def test_bench_bf16_times_every_convolution_of_the_bundle_network() -> None:
     for line in layers:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[5].endswith("x")
-    assert "whole network forward" in out and "amx_bf16" in out
+        assert cells[6] in ("fp32", "bf16")  # the precision medfcn.runtime picks for the layer here
+    assert "whole network, plain autocast" in out and "whole network, medfcn policy" in out
+    assert "amx_bf16" in out and "policy: CPU bf16" in out

@@ -189,7 +189,9 @@ class InstanceNorm(nn.GroupNorm):
                     f"Expected more than 1 spatial element when training, got input size {list(x.shape)}"
                 )
         # the aten op F.group_norm calls, without its batch-size check (a subset of the one above)
-        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
+        return torch.group_norm(
+            x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled
+        )
 
 
 def use_fast_instance_norm(module: nn.Module) -> nn.Module:

@@ -119,3 +119,9 @@ def test_csv_and_json_lists(tmp_path: Path) -> None:
     (tmp_path / "gone.csv").write_text("image,label\nscans/zz.nii.gz,scans/a_seg.nii.gz\n")
     with pytest.raises(DataError, match=r"1 file\(s\) listed in .*gone.csv are missing \(first: scans/zz.nii.gz\)"):
         load_datalist(tmp_path / "gone.csv")
+
+
+def test_data_check_cli_reads_nnunet_raw(nnunet: Path) -> None:
+    result = runner.invoke(app, ["data", "check", str(nnunet)])
+    assert result.exit_code == 0, result.output
+    assert "ok: no problems found" in result.output

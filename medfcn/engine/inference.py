@@ -927,6 +927,26 @@ def _remove_case_outputs(case_dir: Path) -> None:
         case_dir.rmdir()
 
 
+def _select_classes(table: Mapping[int, Any], classes: Sequence[str] | None, bundle: str) -> dict[int, Any]:
+    """The classes of ``table`` named in ``classes`` (all if ``None``).
+
+    Raises:
+        InputError: a name the bundle does not have, or an empty list (one line listing the classes).
+    """
+    if classes is None:
+        return dict(table)
+    by_name = {c.name.lower(): v for v, c in table.items()}
+    wanted = [n.strip() for n in classes if n.strip()]
+    unknown = [n for n in wanted if n.lower() not in by_name]
+    if unknown or not wanted:
+        raise InputError(
+            f"--classes {','.join(wanted) or '(none)'}: unknown class {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"the {bundle} bundle has {', '.join(c.name for c in table.values())}"
+        )
+    keep = {by_name[n.lower()] for n in wanted}
+    return {v: c for v, c in table.items() if v in keep}
+
+
 def _output_options(
     segmenter: Segmenter,
     *,
@@ -946,18 +966,7 @@ def _output_options(
     """
     from medfcn.data.segment_codes import class_table, preview_window, volume_ranges
 
-    table = class_table(segmenter.metadata, segmenter.class_names)
-    if classes is not None:
-        by_name = {c.name.lower(): v for v, c in table.items()}
-        wanted = [n.strip() for n in classes if n.strip()]
-        unknown = [n for n in wanted if n.lower() not in by_name]
-        if unknown or not wanted:
-            raise InputError(
-                f"--classes {','.join(wanted) or '(none)'}: unknown class {', '.join(map(repr, unknown)) or '(none given)'}; "
-                f"the {segmenter.name} bundle has {', '.join(c.name for c in table.values())}"
-            )
-        keep = {by_name[n.lower()] for n in wanted}
-        table = {v: c for v, c in table.items() if v in keep}
+    table = _select_classes(class_table(segmenter.metadata, segmenter.class_names), classes, segmenter.name)
     ranges = volume_ranges(table) if volume_ranges_ml is None else dict(volume_ranges_ml)
     window = preview_window(segmenter.metadata)
     if window is None:  # the bundle's own intensity window (e.g. its HU window), else the image's range
@@ -1091,6 +1100,12 @@ def segment_folder(
             # gloo carries only the case split and the summary rows: no tensors, any device.
             dist.init_process_group("gloo", timeout=timedelta(hours=12))
             group_created = True
+    if classes is not None and not isinstance(bundle, Segmenter):
+        from medfcn.data.segment_codes import class_table, read_metadata
+
+        meta = read_metadata(bundle)  # a wrong --classes is reported before any scan or weight is read
+        if class_table(meta):
+            _select_classes(class_table(meta), classes, str(meta.get("name") or Path(bundle).name))
     try:
         found = _Found([], {}, [], [])
         if rank == 0:

@@ -110,7 +110,7 @@ def test_mixed_folder_end_to_end(segmenter: Segmenter, scans: dict, tmp_path: Pa
         case_dir = out / row.id
         names = {p.name for p in case_dir.iterdir()}
         expected = {"mask.nii.gz", "preview.png", "stats.json", "done.json"} | (
-            {"seg.dcm"} if row.kind == "dicom" else set()
+            {"seg.dcm", "rtstruct.dcm"} if row.kind == "dicom" else set()
         )
         assert names == expected, (source, names)
         mask_img = nib.load(str(case_dir / "mask.nii.gz"))

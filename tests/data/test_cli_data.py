@@ -110,7 +110,7 @@ def test_check_missing_dataset_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "check", str(tmp_path / "Task03_Liver")])
     assert result.exit_code == EXIT_FAILED
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: no MSD dataset at {tmp_path / 'Task03_Liver'}")
+    assert len(lines) == 1 and lines[0].startswith(f"error: no dataset at {tmp_path / 'Task03_Liver'}")
     assert "medfcn data synth" in lines[0] and "medfcn data download Task03_Liver" in lines[0]
     assert "Traceback" not in result.output
 

@@ -129,11 +129,15 @@ def table() -> str:
                 f"| {method_dir.name} | {s['fold']} | {s.get('train_epochs')} | {s.get('train_seconds')} | "
                 f"{a['dice_mean']:.4f} | {p['dice_mean']:.4f} | {a['hd95_mm_mean']:.2f} | {p['hd95_mm_mean']:.2f} |"
             )
-    nnunet = REPO / "benchmarks" / "results" / "nnunet_fold0.json"
-    if nnunet.is_file():
-        s = json.loads(nnunet.read_text(encoding="utf-8"))
-        rows.append(f"| nnU-Net v2 (see nnunet_fold0.json) | 0 | {s.get('trainer')} | {s.get('train_wall_s')} | "
-                    f"{json.dumps(s.get('classes', s))[:60]} | | | |")
+        cv = method_dir / "cv.json"
+        if cv.is_file() and len(list(method_dir.glob("fold_*.json"))) > 1:
+            c = json.loads(cv.read_text(encoding="utf-8"))
+            m = c["mean_over_folds"]
+            rows.append(
+                f"| **{method_dir.name}, mean of {len(c['folds_scored'])} folds** | {','.join(map(str, c['folds_scored']))} "
+                f"| | | **{m['anterior']['dice']:.4f}** | **{m['posterior']['dice']:.4f}** | "
+                f"{m['anterior']['hd95_mm']:.2f} | {m['posterior']['hd95_mm']:.2f} |"
+            )
     return "\n".join(rows)
 
 

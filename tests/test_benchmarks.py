@@ -67,3 +67,13 @@ def test_bench_bf16_times_every_convolution_of_the_bundle_network() -> None:
         assert cells[6] in ("fp32", "bf16")  # the precision medfcn.runtime picks for the layer here
     assert "whole network, plain autocast" in out and "whole network, medfcn policy" in out
     assert "amx_bf16" in out and "policy: CPU bf16" in out
+
+
+def test_bench_hippocampus_table_reads_the_committed_fold_results() -> None:
+    import json
+
+    out = _run("benchmarks/bench_hippocampus.py", "--table")
+    fold0 = json.loads((REPO / "benchmarks" / "results" / "hippocampus" / "fcn" / "fold_0.json").read_text())
+    row = next(line for line in out.splitlines() if line.startswith("| fcn | 0 |"))
+    assert f"{fold0['classes']['anterior']['dice_mean']:.4f}" in row
+    assert "| unet | 0 |" in out and "mean of" in out

@@ -185,7 +185,9 @@ def short_run(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path)
 
 def test_train_leaves_best_weights_metrics_and_a_resumable_checkpoint(short_run: tuple[Path, object]) -> None:
     bundle, result = short_run
-    model = bundle / "models" / "model.pt"
+    model = result.model_path  # type: ignore[attr-defined]
+    assert model == result.output_dir / "models" / "model.pt"  # type: ignore[attr-defined]
+    assert not (bundle / "models" / "model.pt").exists()  # --output: the bundle is not written
     state = torch.load(model, map_location="cpu", weights_only=True)
     net = _net_from_bundle(bundle)
     assert net.load_state_dict(state, strict=True)  # a plain state dict of the bundle's network_def
@@ -318,7 +320,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path, synthetic_dataset
     assert metrics["epochs"] == 6
     assert [r["epoch"] for r in metrics["history"]] == [2, 4, 6]  # the pre-kill validation is kept
     net = _net_from_bundle(bundle)
-    net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True))
     assert metrics["best_mean_dice"] == max(r["val_mean_dice"] for r in metrics["history"])
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "file_sha256"]
 
 _UMASK = os.umask(0o022)  # read the process umask (os.umask sets and returns it) ...
 os.umask(_UMASK)  # ... and put it back at once
@@ -45,3 +45,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 2) -> None:
     """Write ``payload`` as JSON (non-JSON values as ``str``) atomically, with a final newline."""
     atomic_write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks (weights can be large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -74,14 +74,9 @@ class Bundle:
         exports: list[str] = [n for n in ("model.ts", "model.onnx") if n in self.weights]
         if not exports or "model.pt" not in self.weights:
             return []
-        import hashlib
+        from medfcn._io import file_sha256
 
-        recorded = self.metadata.get("medfcn_weights_sha256")
-        digest = hashlib.sha256()
-        with open(self.weights["model.pt"], "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        if recorded == digest.hexdigest():
+        if self.metadata.get("medfcn_weights_sha256") == file_sha256(self.weights["model.pt"]):
             return []
         return exports
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import os
@@ -42,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from medfcn._io import file_sha256
 from medfcn.errors import BundleError
 
 __all__ = [
@@ -213,14 +213,6 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
         tmp = stage / path.name
         tmp.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
         os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _bump(version: str, how: Bump, path: Path) -> str:
@@ -568,7 +560,7 @@ def export_bundle(
 
         # ---- metadata: version, changelog, versions of what produced the files
         old_version = str(meta.get("version", "0.0.0"))
-        weights_sha256 = _sha256(root / ckpt_file)
+        weights_sha256 = file_sha256(root / ckpt_file)
         weights_changed = meta.get(WEIGHTS_DIGEST_KEY) != weights_sha256
         how: Bump = ("patch" if weights_changed else "none") if bump == "auto" else bump
         version = _bump(old_version, how, meta_path)

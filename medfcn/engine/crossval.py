@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medfcn._io import atomic_write_json
+from medfcn._io import atomic_write_json, file_sha256
 from medfcn.errors import DataError, InputError
 
 __all__ = ["CrossValidation", "evaluate_folds", "fold_bundle", "format_cv", "summarise_folds"]
@@ -83,14 +82,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evaluate_folds(
@@ -179,7 +170,7 @@ def evaluate_folds(
                 "failed": len(result.failed),
                 "bundle": meta.get("name"),
                 "bundle_version": meta.get("version"),
-                "weights_sha256": _sha256(fold_dir / "models" / "model.pt"),
+                "weights_sha256": file_sha256(fold_dir / "models" / "model.pt"),
                 "train_epochs": metrics.get("epochs"),
                 "train_seconds": metrics.get("train_seconds"),
                 "evaluate_seconds": round(time.perf_counter() - t0, 1),

@@ -267,6 +267,24 @@ def _fill_background(probs: torch.Tensor) -> torch.Tensor:
     return probs
 
 
+def _tta_axes(tta: bool | Sequence[int], parser: Any, config_file: Path) -> tuple[int, ...] | None:
+    """The spatial axes mirrored by test-time augmentation: ``None`` = none, ``()`` = every axis."""
+    if tta is False or tta is None:
+        return None
+    if tta is True:
+        declared = parser.get("tta_axes") if "tta_axes" in parser else None
+        if declared is None:
+            return ()
+        tta = declared
+    try:
+        axes = tuple(int(a) for a in tta)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise BundleError(f"{config_file}: tta_axes must be a list of spatial axes, got {tta!r}") from None
+    if not axes or any(a < 0 or a > 2 for a in axes) or len(set(axes)) != len(axes):
+        raise InputError(f"tta axes must be distinct spatial axes in 0..2, got {list(axes)}")
+    return axes
+
+
 class Segmenter:
     """Load a bundle once and segment many scans.
 
@@ -280,8 +298,10 @@ class Segmenter:
             needs proportionally more memory.
         overlap: sliding-window overlap in [0, 1) (bundle default if ``None``); more is smoother and slower
             (0.5 costs ~2.4x the windows of 0.25 in 3D).
-        tta: average the softmax over the identity and flips of each spatial axis (4 passes in 3D:
-            4x the time, slightly smoother masks).
+        tta: average the softmax over the identity and mirror images. ``True`` mirrors along each spatial
+            axis the bundle lists in its ``tta_axes`` (the flips its training augmented with, so that no
+            pass sees an image the network never learned), else along every axis (4 passes in 3D: 4x the
+            time); a sequence of spatial axes (0-based, the preprocessed array's order) chooses them.
         cpu_thresh: on CUDA, stitch the output on the CPU for preprocessed volumes above this many voxels
             (bounded GPU memory); ``None`` = 2**24 (~256³).
         buffer_steps: MONAI ``buffer_steps`` (windows buffered on the device before stitching); ``None``
@@ -310,7 +330,7 @@ class Segmenter:
         amp: AmpSetting = None,
         sw_batch_size: int | None = None,
         overlap: float | None = None,
-        tta: bool = False,
+        tta: bool | Sequence[int] = False,
         cpu_thresh: int | None = None,
         buffer_steps: int | None = None,
         keep_probabilities: bool = True,
@@ -347,7 +367,7 @@ class Segmenter:
                 "AVX512-BF16 alone, more with AMX)",
                 ", ".join(units),
             )
-        self.tta = bool(tta)
+        self._tta_request = tta
         self.keep_probabilities = keep_probabilities
 
         parser = open_config(self.bundle_root, config_file)
@@ -390,6 +410,7 @@ class Segmenter:
             self._load.register(DicomSeriesReader())
         self._after_load = Compose(transforms[1:] if self._load is not None else transforms)
         self.window = pipeline.window
+        self.tta_axes = _tta_axes(tta, parser, config_file)
 
         meta = parser.get("_meta_", {}) or {}
         self.name = str(meta.get("name") or self.bundle_root.name)
@@ -416,6 +437,11 @@ class Segmenter:
             self._prepare_network(network.to(self.device))
         elif not lazy:
             self.load_weights()
+
+    @property
+    def tta(self) -> bool:
+        """Whether predictions average mirrored passes (see ``tta`` and :attr:`tta_axes`)."""
+        return self.tta_axes is not None
 
     @property
     def network(self) -> torch.nn.Module:
@@ -516,8 +542,8 @@ class Segmenter:
         image = loaded.data[self.image_key]
         x = image.as_tensor()[None]  # (1, C_in, *spatial) on the CPU; windows are moved by the inferer
         flips: list[tuple[int, ...]] = [()]
-        if self.tta:
-            flips += [(d,) for d in range(2, x.ndim)]
+        if self.tta_axes is not None:
+            flips += [(2 + a,) for a in (self.tta_axes or range(x.ndim - 2))]
         with torch.inference_mode():
             probs: torch.Tensor | None = None
             for dims in flips:
@@ -588,6 +614,7 @@ class Segmenter:
             "amp": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
             "precision": self.precision.as_dict() if self.precision is not None else None,
             "tta": self.tta,
+            "tta_axes": None if self.tta_axes is None else list(self.tta_axes),
             "sw_batch_size": getattr(inferer, "sw_batch_size", None),
             "overlap": getattr(inferer, "overlap", None),
             "roi_size": list(getattr(inferer, "roi_size", []) or []),

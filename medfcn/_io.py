@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "file_sha256"]
+__all__ = ["atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text", "file_sha256"]
 
 _UMASK = os.umask(0o022)  # read the process umask (os.umask sets and returns it) ...
 os.umask(_UMASK)  # ... and put it back at once
@@ -35,6 +37,34 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Build a folder in a hidden temp folder beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    Yields the temp folder to fill. On an exception the temp folder is removed and ``path`` is untouched.
+    An existing ``path`` is an error (``FileExistsError``) unless ``replace``, in which case it is swapped
+    out only once the new folder is complete.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not replace:
+        raise FileExistsError(f"{target} already exists")
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -6,7 +6,7 @@ Every message says what was expected, what was found, which file, and what to do
 
 from __future__ import annotations
 
-__all__ = ["BundleError", "DataError", "InputError", "MedfcnError"]
+__all__ = ["BundleError", "DataError", "InputError", "MedfcnError", "one_line"]
 
 
 class MedfcnError(Exception):
@@ -23,3 +23,14 @@ class DataError(InputError):
 
 class BundleError(MedfcnError):
     """A MONAI bundle is missing files, has an invalid config, or lacks weights."""
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as one line: its first non-empty line, else the exception's type name.
+
+    This is what logs, skip reasons and CLI errors show, so that a user's mistake is never a traceback.
+    """
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(err).__name__

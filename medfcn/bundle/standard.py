@@ -59,7 +59,7 @@ STANDARD_IDS = ("network_def", "preprocessing", "inferer", "postprocessing")
 WRITER_TARGETS = ("SaveImaged", "SaveImage")
 """Transforms that write files; in a bundle's postprocessing they become ``Identityd``."""
 
-_SLIDING = ("SlidingWindowInferer", "SlidingWindowInfererAdapt", "SliceInferer")
+_SLIDING = ("SlidingWindowInferer", "SlidingWindowInfererAdapt", "SliceInferer", "MirroredSlidingWindowInferer")
 
 Stage = Callable[..., Any]
 """A dictionary transform: ``{key: tensor, ...} -> {key: tensor, ...}``."""

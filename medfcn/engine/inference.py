@@ -267,22 +267,15 @@ def _fill_background(probs: torch.Tensor) -> torch.Tensor:
     return probs
 
 
-def _tta_axes(tta: bool | Sequence[int], parser: Any, config_file: Path) -> tuple[int, ...] | None:
-    """The spatial axes mirrored by test-time augmentation: ``None`` = none, ``()`` = every axis."""
+def _tta_axes(tta: bool | Sequence[int], spatial_dims: int, mirrored: Sequence[int]) -> tuple[int, ...] | None:
+    """The spatial axes Segmenter mirrors itself: ``None`` = none. ``mirrored``: axes the bundle's own
+    inferer already mirrors (:class:`medfcn.engine.inferers.MirroredSlidingWindowInferer`), never doubled."""
     if tta is False or tta is None:
         return None
-    if tta is True:
-        declared = parser.get("tta_axes") if "tta_axes" in parser else None
-        if declared is None:
-            return ()
-        tta = declared
-    try:
-        axes = tuple(int(a) for a in tta)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise BundleError(f"{config_file}: tta_axes must be a list of spatial axes, got {tta!r}") from None
-    if not axes or any(a < 0 or a > 2 for a in axes) or len(set(axes)) != len(axes):
-        raise InputError(f"tta axes must be distinct spatial axes in 0..2, got {list(axes)}")
-    return axes
+    requested = tuple(range(spatial_dims)) if tta is True else tuple(int(a) for a in tta)
+    if any(a < 0 or a >= spatial_dims for a in requested) or len(set(requested)) != len(requested):
+        raise InputError(f"tta axes must be distinct spatial axes in 0..{spatial_dims - 1}, got {list(requested)}")
+    return tuple(a for a in requested if a not in mirrored)
 
 
 class Segmenter:
@@ -298,10 +291,10 @@ class Segmenter:
             needs proportionally more memory.
         overlap: sliding-window overlap in [0, 1) (bundle default if ``None``); more is smoother and slower
             (0.5 costs ~2.4x the windows of 0.25 in 3D).
-        tta: average the softmax over the identity and mirror images. ``True`` mirrors along each spatial
-            axis the bundle lists in its ``tta_axes`` (the flips its training augmented with, so that no
-            pass sees an image the network never learned), else along every axis (4 passes in 3D: 4x the
-            time); a sequence of spatial axes (0-based, the preprocessed array's order) chooses them.
+        tta: also average the softmax over mirror images: ``True`` along every spatial axis (4 passes in 3D:
+            4x the time), or a sequence of spatial axes (0-based, the preprocessed array's order). Axes
+            the bundle's inferer mirrors already (``MirroredSlidingWindowInferer``, e.g. left-right in
+            ``bundles/hippocampus``) are not mirrored twice.
         cpu_thresh: on CUDA, stitch the output on the CPU for preprocessed volumes above this many voxels
             (bounded GPU memory); ``None`` = 2**24 (~256³).
         buffer_steps: MONAI ``buffer_steps`` (windows buffered on the device before stitching); ``None``
@@ -367,7 +360,6 @@ class Segmenter:
                 "AVX512-BF16 alone, more with AMX)",
                 ", ".join(units),
             )
-        self._tta_request = tta
         self.keep_probabilities = keep_probabilities
 
         parser = open_config(self.bundle_root, config_file)
@@ -410,7 +402,11 @@ class Segmenter:
             self._load.register(DicomSeriesReader())
         self._after_load = Compose(transforms[1:] if self._load is not None else transforms)
         self.window = pipeline.window
-        self.tta_axes = _tta_axes(tta, parser, config_file)
+        try:
+            spatial_dims = int(parser["network_def"]["spatial_dims"])
+        except (KeyError, TypeError, ValueError):
+            spatial_dims = 3
+        self.tta_axes = _tta_axes(tta, spatial_dims, getattr(self.inferer, "mirror_axes", ()))
 
         meta = parser.get("_meta_", {}) or {}
         self.name = str(meta.get("name") or self.bundle_root.name)
@@ -441,7 +437,7 @@ class Segmenter:
     @property
     def tta(self) -> bool:
         """Whether predictions average mirrored passes (see ``tta`` and :attr:`tta_axes`)."""
-        return self.tta_axes is not None
+        return bool(self.tta_axes)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -542,8 +538,7 @@ class Segmenter:
         image = loaded.data[self.image_key]
         x = image.as_tensor()[None]  # (1, C_in, *spatial) on the CPU; windows are moved by the inferer
         flips: list[tuple[int, ...]] = [()]
-        if self.tta_axes is not None:
-            flips += [(2 + a,) for a in (self.tta_axes or range(x.ndim - 2))]
+        flips += [(2 + a,) for a in self.tta_axes or ()]
         with torch.inference_mode():
             probs: torch.Tensor | None = None
             for dims in flips:
@@ -614,7 +609,8 @@ class Segmenter:
             "amp": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
             "precision": self.precision.as_dict() if self.precision is not None else None,
             "tta": self.tta,
-            "tta_axes": None if self.tta_axes is None else list(self.tta_axes),
+            "tta_axes": list(self.tta_axes or ()),
+            "mirror_axes": list(getattr(self.inferer, "mirror_axes", ())),
             "sw_batch_size": getattr(inferer, "sw_batch_size", None),
             "overlap": getattr(inferer, "overlap", None),
             "roi_size": list(getattr(inferer, "roi_size", []) or []),

@@ -176,7 +176,24 @@ def load_datalist(
                 f"{len(missing)} file(s) listed in {path} are missing (first: {first}); "
                 f"run `medfcn data check {path if data.get('format') == 'list' else base}` for the full list"
             )
+        _check_seg_labels(result, base)
     return result
+
+
+def _check_seg_labels(result: Mapping[str, list[dict[str, Any]]], base: Path) -> None:
+    """Refuse a DICOM SEG label that does not reference its own image's series (headers only)."""
+    from medfcn.data.seg_labels import is_dicom_seg, seg_pairing_error
+
+    images = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".npz", ".npy")
+    for items in result.values():
+        for item in items:
+            label = item.get("label")
+            if not isinstance(label, str) or label.lower().endswith(images) or not Path(label).is_file():
+                continue
+            if is_dicom_seg(label):
+                problem = seg_pairing_error(label, item["image"])
+                if problem:
+                    raise DataError(problem.replace(str(label), os.path.relpath(label, base), 1))
 
 
 def split_datalist(

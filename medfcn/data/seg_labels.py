@@ -52,6 +52,7 @@ __all__ = [
     "parse_segment_map",
     "read_seg_label",
     "read_seg_label_for_dataset",
+    "seg_pairing_error",
 ]
 
 SEGMENTATION_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
@@ -97,6 +98,40 @@ def is_dicom_seg(path: str | os.PathLike[str]) -> bool:
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
         return False
     return str(ds.get("SOPClassUID", "")) in SEGMENTATION_SOP_CLASSES or ds.get("Modality") == "SEG"
+
+
+def seg_pairing_error(seg_path: str | os.PathLike[str], image: Any) -> str | None:
+    """Why the SEG ``seg_path`` cannot label ``image`` (a DICOM series folder or its files), or ``None``.
+
+    Headers only (the SEG's ReferencedSeriesSequence and one image file's SeriesInstanceUID), so that a
+    dataset pairing each image with the SEG of another series is refused before training starts, not
+    trained on. An image that is not a DICOM series cannot be labelled by a SEG.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    paths = [Path(p) for p in image] if isinstance(image, (list, tuple)) else [Path(image)]
+    first: Path | None = None
+    for p in paths:
+        if p.is_dir():
+            first = next((f for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")), None)
+        elif p.is_file():
+            first = p
+        if first is not None:
+            break
+    try:
+        seg = pydicom.dcmread(seg_path, stop_before_pixels=True, specific_tags=["ReferencedSeriesSequence"])
+        ref = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]) if first else None
+    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError) as err:
+        return f"{seg_path}: cannot read the SEG or its image's header ({type(err).__name__})"
+    series = str(ref.get("SeriesInstanceUID", "")) if ref is not None else ""
+    if not series:
+        return f"{seg_path}: a DICOM SEG labels a DICOM series, but its image is not one"
+    referenced = [str(r.SeriesInstanceUID) for r in seg.get("ReferencedSeriesSequence", [])]
+    if series not in referenced:
+        refs = ", ".join(_short(u) for u in referenced) or "none"
+        return f"{seg_path}: the SEG references another series ({refs}), not its image's series {_short(series)}"
+    return None
 
 
 def parse_segment_map(text: str | Mapping[str, Any] | None) -> dict[str, str]:

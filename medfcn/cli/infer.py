@@ -84,7 +84,11 @@ def infer(
     ] = None,
     tta: Annotated[
         bool,
-        typer.Option("--tta", help="Average over flips of each axis: ~4x the time, slightly smoother masks."),
+        typer.Option(
+            "--tta",
+            help="Also average over mirror images along each axis the bundle's training flipped (one more "
+            "pass each); never along an axis it did not, whose mirror image the network never learned.",
+        ),
     ] = False,
     save_probabilities: Annotated[
         bool,

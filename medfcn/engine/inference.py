@@ -267,15 +267,65 @@ def _fill_background(probs: torch.Tensor) -> torch.Tensor:
     return probs
 
 
-def _tta_axes(tta: bool | Sequence[int], spatial_dims: int, mirrored: Sequence[int]) -> tuple[int, ...] | None:
-    """The spatial axes Segmenter mirrors itself: ``None`` = none. ``mirrored``: axes the bundle's own
-    inferer already mirrors (:class:`medfcn.engine.inferers.MirroredSlidingWindowInferer`), never doubled."""
+def _trained_flips(bundle_root: Path, spatial_dims: int) -> tuple[int, ...] | None:
+    """The spatial axes the bundle's ``configs/train.json`` flips (``RandFlipd``/``RandAxisFlipd``), or
+    ``None`` when there is no readable train.json (a bundle shipped for inference only)."""
+    try:
+        config = json.loads((bundle_root / "configs" / "train.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    axes: set[int] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            name = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+            if name in ("RandFlipd", "RandFlip"):
+                axis = node.get("spatial_axis")
+                if axis is None:
+                    axes.update(range(spatial_dims))
+                elif isinstance(axis, int):
+                    axes.add(axis)
+                elif isinstance(axis, list):
+                    axes.update(int(a) for a in axis if isinstance(a, int))
+            elif name in ("RandAxisFlipd", "RandAxisFlip"):
+                axes.update(range(spatial_dims))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return tuple(sorted(a for a in axes if 0 <= a < spatial_dims))
+
+
+def _tta_axes(
+    tta: bool | Sequence[int], spatial_dims: int, mirrored: Sequence[int], trained: Sequence[int] | None = None
+) -> tuple[int, ...] | None:
+    """The spatial axes Segmenter mirrors itself: ``None`` = none.
+
+    ``tta=True`` means the axes the bundle's training flipped (``trained``; every axis when unknown): a
+    mirror image along another axis is an anatomy the network never saw (left and right swapped for a
+    liver, anterior and posterior swapped for a hippocampus) and makes the masks worse, not smoother.
+    ``mirrored``: axes the bundle's own inferer mirrors already
+    (:class:`medfcn.engine.inferers.MirroredSlidingWindowInferer`), never doubled.
+    """
     if tta is False or tta is None:
         return None
-    requested = tuple(range(spatial_dims)) if tta is True else tuple(int(a) for a in tta)
+    if tta is True:
+        requested = tuple(range(spatial_dims)) if trained is None else tuple(trained)
+    else:
+        requested = tuple(int(a) for a in tta)
     if any(a < 0 or a >= spatial_dims for a in requested) or len(set(requested)) != len(requested):
         raise InputError(f"tta axes must be distinct spatial axes in 0..{spatial_dims - 1}, got {list(requested)}")
-    return tuple(a for a in requested if a not in mirrored)
+    axes = tuple(a for a in requested if a not in mirrored)
+    if tta is True and not axes:
+        logger.warning(
+            "--tta: nothing to add: the bundle's training flipped no other axis%s, and a mirror image along an "
+            "axis it never flipped would show the network an anatomy it never learned",
+            f" than its inferer mirrors ({list(mirrored)})" if mirrored else "",
+        )
+    return axes
 
 
 class Segmenter:
@@ -291,10 +341,11 @@ class Segmenter:
             needs proportionally more memory.
         overlap: sliding-window overlap in [0, 1) (bundle default if ``None``); more is smoother and slower
             (0.5 costs ~2.4x the windows of 0.25 in 3D).
-        tta: also average the softmax over mirror images: ``True`` along every spatial axis (4 passes in 3D:
-            4x the time), or a sequence of spatial axes (0-based, the preprocessed array's order). Axes
-            the bundle's inferer mirrors already (``MirroredSlidingWindowInferer``, e.g. left-right in
-            ``bundles/hippocampus``) are not mirrored twice.
+        tta: also average the softmax over mirror images: ``True`` along each spatial axis the bundle's
+            training flipped (``RandFlipd`` in ``configs/train.json``; every axis for a bundle without
+            one), one extra pass each; or a sequence of spatial axes (0-based, the preprocessed array's
+            order). Axes the bundle's inferer mirrors already (``MirroredSlidingWindowInferer``, e.g.
+            left-right in ``bundles/hippocampus``) are not mirrored twice.
         cpu_thresh: on CUDA, stitch the output on the CPU for preprocessed volumes above this many voxels
             (bounded GPU memory); ``None`` = 2**24 (~256³).
         buffer_steps: MONAI ``buffer_steps`` (windows buffered on the device before stitching); ``None``
@@ -406,7 +457,12 @@ class Segmenter:
             spatial_dims = int(parser["network_def"]["spatial_dims"])
         except (KeyError, TypeError, ValueError):
             spatial_dims = 3
-        self.tta_axes = _tta_axes(tta, spatial_dims, getattr(self.inferer, "mirror_axes", ()))
+        self.tta_axes = _tta_axes(
+            tta,
+            spatial_dims,
+            getattr(self.inferer, "mirror_axes", ()),
+            _trained_flips(self.bundle_root, spatial_dims) if tta is True else None,
+        )
 
         meta = parser.get("_meta_", {}) or {}
         self.name = str(meta.get("name") or self.bundle_root.name)

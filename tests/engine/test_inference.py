@@ -112,7 +112,9 @@ def test_non_finite_voxels_are_replaced_counted_and_not_spread(bundle: Path, sph
 def test_probabilities_and_flip_tta(bundle: Path, sphere_case: dict) -> None:
     net = ThresholdNet(sphere_case["t1"], 1e6, gain=3.0)  # soft, so the probabilities are informative
     plain = Segmenter(bundle, device="cpu", network=net)(sphere_case["path"])
-    tta = Segmenter(bundle, device="cpu", network=net, tta=True)(sphere_case["path"])
+    mirrored = Segmenter(bundle, device="cpu", network=net, tta=(0, 1, 2))
+    assert mirrored.tta and mirrored.tta_axes == (0, 1, 2)
+    tta = mirrored(sphere_case["path"])
     assert plain.probabilities is not None and tta.probabilities is not None
     assert tuple(plain.probabilities.shape) == (3, *sphere_case["image"].shape)
     np.testing.assert_allclose(plain.probabilities.sum(0).numpy(), 1.0, atol=1e-4)

@@ -138,6 +138,15 @@ def table() -> str:
                 f"| | | **{m['anterior']['dice']:.4f}** | **{m['posterior']['dice']:.4f}** | "
                 f"{m['anterior']['hd95_mm']:.2f} | {m['posterior']['hd95_mm']:.2f} |"
             )
+    nnunet = RESULTS.parent / "nnunet_fold0.json"
+    n = json.loads(nnunet.read_text(encoding="utf-8")) if nnunet.is_file() else None
+    if n and n.get("metrics"):
+        m = n["metrics"]
+        rows.append(
+            f"| nnU-Net v2 3d_fullres ({n['trainer']}) | {n['fold']} | 1 | {n.get('epoch_wall_s')} | "
+            f"{m['anterior']['dice']['mean']:.4f} | {m['posterior']['dice']['mean']:.4f} | "
+            f"{m['anterior']['hd95_mm']['mean']:.2f} | {m['posterior']['hd95_mm']['mean']:.2f} |"
+        )
     return "\n".join(rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import monai.apps.utils  # noqa: F401  (MONAI binds its loggers to sys.stdout at first import: do it outside CliRunner)
@@ -11,11 +12,30 @@ from _liver_support import TINY_TRAINING, copy_liver_bundle
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIVER_BUNDLE = REPO_ROOT / "bundles" / "liver"
+LONGEST_FIRST = ("test_learning.py",)  # the suite's longest test file by far (--durations): started first
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One share of the cores per xdist worker: two workers of two torch threads each on two cores spin
+    against each other (OpenMP busy-waits), which made the longest test 4.5x slower in the suite than
+    alone. Subprocesses inherit the setting through OMP_NUM_THREADS."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
+    # Modules with long tests first (a stable sort keeps every module's own order, so module fixtures are
+    # built once), so that under xdist they start at once and the short ones fill the other worker,
+    # instead of a long test starting last.
+    slow_modules = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: (item.path.name not in LONGEST_FIRST, item.path not in slow_modules))
     if torch.cuda.is_available():
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device (none here)")

@@ -25,6 +25,7 @@ from _hippocampus_support import HIPPOCAMPUS_BUNDLE, require_hippocampus_data
 runner = CliRunner()
 CONFIGS = HIPPOCAMPUS_BUNDLE / "configs"
 WEIGHTS = HIPPOCAMPUS_BUNDLE / "models" / "model.pt"
+REPO = HIPPOCAMPUS_BUNDLE.parents[1]
 
 
 def _json(name: str) -> dict:
@@ -93,6 +94,12 @@ def test_eval_metrics_hold_cross_validated_figures() -> None:
     assert all(v is not None for v in metrics.values())
     for key in ("cv_anterior_dice", "cv_posterior_dice"):
         assert 0.8 < float(metrics[key]) <= 1.0, key
+    # the figures are the recorded cross-validation of the shipped configuration, not typed in by hand
+    cv = json.loads((REPO / "benchmarks" / "results" / "hippocampus" / "fcn" / "cv.json").read_text())
+    assert cv["complete"] and cv["folds_scored"] == [0, 1, 2, 3, 4]
+    for name in ("anterior", "posterior"):
+        assert metrics[f"cv_{name}_dice"] == round(cv["mean_over_folds"][name]["dice"], 4)
+        assert metrics[f"cv_{name}_hd95_mm"] == round(cv["mean_over_folds"][name]["hd95_mm"], 2)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""Data for medfcn: DICOM/NIfTI reading, scan-folder discovery, MSD datasets, synthetic CT phantoms.
+"""Data for medfcn: scan-folder discovery, DICOM/NIfTI reading, MSD datasets, synthetic CT phantoms.
+
+``discovery`` (with ``walk``, ``images``, ``archives``, ``labelmaps`` and the records in ``cases``) finds
+the cases; ``dicom/`` is the DICOM wing (headers, series geometry, SEG/RTSTRUCT, segment codes);
+``readers`` is the MONAI image reader; ``msd``/``datasets`` read MSD datasets; ``synthetic`` makes phantoms.
 
 Names are imported lazily so that ``import medfcn.data`` stays light.
 """
@@ -12,10 +16,10 @@ from typing import Any
 _LAZY = {
     # readers.py
     "DicomSeriesReader": "medfcn.data.readers",
-    # discovery.py
-    "Case": "medfcn.data.discovery",
-    "Skipped": "medfcn.data.discovery",
-    "DiscoveryReport": "medfcn.data.discovery",
+    # cases.py (discovery's records) and discovery.py
+    "Case": "medfcn.data.cases",
+    "Skipped": "medfcn.data.cases",
+    "DiscoveryReport": "medfcn.data.cases",
     "find_cases": "medfcn.data.discovery",
     # synthetic.py
     "make_phantom": "medfcn.data.synthetic",

@@ -8,19 +8,21 @@ Bundles name it by dotted path, which MONAI's ``LoadImage`` resolves with ``pydo
 What it reads (``LoadImage`` passes a path or a list of paths):
 
 * a DICOM series folder (the one image series in it; an error if there are several),
-* a list of the DICOM files of one series (e.g. :meth:`medfcn.data.discovery.Case.load_input`),
+* a list of the DICOM files of one series (e.g. :meth:`medfcn.data.cases.Case.load_input`),
 * a single NRRD/MetaImage file (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``), through SimpleITK,
 * NIfTI files, handed to MONAI's own ``NibabelReader`` unchanged (same array, same metadata),
 * enhanced multi-frame CT/MR/PET files (frames sorted and placed by their functional groups),
 * a DICOM SEG listed as the label of an MSD dataset: the label map on the grid of the series it
-  references (:func:`medfcn.data.seg_labels.read_seg_label_for_dataset`).
+  references (:func:`medfcn.data.dicom.seg_labels.read_seg_label_for_dataset`).
 
 Why not MONAI's readers: ``ITKReader`` needs the ``itk`` package (~1.5 GB); ``PydicomReader`` returns a
 z-flipped voxel order when InstanceNumber runs against the slice position. Here the files are sorted
 by position along the slice normal and the geometry is validated before any pixel is read (the rules
-are shared with :func:`medfcn.data.discovery.find_cases`): one orientation, one image size, no
-duplicate positions, no gantry tilt (rejected, see :func:`medfcn.data.discovery._validate_series`),
-uniform slice spacing (no missing slices), grayscale single-frame slices.
+are :func:`medfcn.data.dicom.geometry.validate_series`, shared with
+:func:`medfcn.data.discovery.find_cases`): one orientation, one image size, no duplicate positions, no
+gantry tilt (rejected), uniform slice spacing (no missing slices), grayscale single-frame slices. A
+series discovery already checked (a :class:`~medfcn.data.cases.Case`'s files, or its
+:class:`~medfcn.data.dicom.geometry.SeriesGeometry`) is not checked again: only its pixels are read.
 
 Output conventions are those of MONAI's ``ITKReader``/``NibabelReader``: the array is ``(X, Y, Z)``
 (DICOM columns, rows, slices in sorted order), float32, Hounsfield units for CT (RescaleSlope/Intercept
@@ -58,31 +60,23 @@ import numpy as np
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from medfcn.data.discovery import (
-    _IMAGE_SUFFIXES,
-    _NIFTI_SUFFIXES,
-    _DicomHeader,
-    _Geometry,
-    _nifti_size_problem,
-    _non_image_reason,
-    _NotDicom,
-    _number,
-    _one_line,
-    _read_dicom_header,
-    _suffix,
-    _validate_series,
-)
-from medfcn.data.seg_labels import is_dicom_seg, read_seg_label_for_dataset
-from medfcn.errors import InputError
+from medfcn.data.dicom.geometry import SeriesGeometry, known_geometry, validate_series
+from medfcn.data.dicom.headers import clip
+from medfcn.data.dicom.seg_labels import is_dicom_seg, read_seg_label_for_dataset
+from medfcn.data.dicom.series import file_headers, folder_headers, location, series_geometry
+from medfcn.data.dicom.values import to_float
+from medfcn.data.images import IMAGE_SUFFIXES, NIFTI_SUFFIXES, nifti_size_problem
+from medfcn.data.walk import suffix
+from medfcn.errors import InputError, one_line
 
-__all__ = ["DicomSeriesReader", "series_geometry"]
+__all__ = ["DicomSeriesReader", "series_geometry"]  # series_geometry: medfcn.data.dicom.series
 
 Backend = Literal["auto", "simpleitk", "pydicom"]
 
 
 @dataclass
 class _Series:
-    geometry: _Geometry
+    geometry: SeriesGeometry
     where: str
 
 
@@ -112,109 +106,19 @@ class _Failed:
 def _first_line(err: BaseException) -> str:
     """One line for a message: InputErrors as they are, other errors prefixed with their type."""
     if isinstance(err, InputError):
-        return _one_line(err, 300)
-    return f"{type(err).__name__}: {_one_line(err, 200)}" if str(err).strip() else type(err).__name__
+        return clip(one_line(err), 300)
+    return f"{type(err).__name__}: {clip(one_line(err), 200)}" if str(err).strip() else type(err).__name__
 
 
 def _is_nifti(path: str | os.PathLike[str]) -> bool:
-    return _suffix(Path(path).name, _NIFTI_SUFFIXES) is not None
+    return suffix(Path(path).name, NIFTI_SUFFIXES) is not None
 
 
 def _is_image(path: str | os.PathLike[str]) -> bool:
-    return _suffix(Path(path).name, _IMAGE_SUFFIXES) is not None
+    return suffix(Path(path).name, IMAGE_SUFFIXES) is not None
 
 
-def _where(paths: Sequence[Path]) -> str:
-    """The series' folder (or the common folder of its files) for messages."""
-    if len(paths) == 1:
-        return str(paths[0])
-    try:
-        return os.path.commonpath([str(p.parent) for p in paths]) or "."
-    except ValueError:  # relative and absolute paths mixed
-        return str(paths[0].parent)
-
-
-def _one_series(headers: list[_DicomHeader], where: str) -> list[_DicomHeader]:
-    by_uid: dict[str, list[_DicomHeader]] = {}
-    for h in headers:
-        by_uid.setdefault(h.series_uid, []).append(h)
-    if len(by_uid) > 1:
-        names = ", ".join(
-            f"#{g[0].series_number if g[0].series_number is not None else '?'}"
-            + (f" {g[0].series_description!r}" if g[0].series_description else "")
-            + f" ({len(g)} files)"
-            for g in by_uid.values()
-        )
-        raise InputError(
-            f"{where} holds {len(by_uid)} DICOM series ({names}); pass the files of one series "
-            "(medfcn data scan lists them)"
-        )
-    return headers
-
-
-def _folder_headers(folder: Path) -> list[_DicomHeader]:
-    """Headers of the DICOM image files directly in ``folder``; junk and non-image objects are ignored."""
-    headers: list[_DicomHeader] = []
-    ignored: Counter[str] = Counter()
-    try:
-        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    except OSError as err:
-        raise InputError(f"cannot list {folder}: {err.strerror or err}") from err
-    for p in entries:
-        if not p.is_file():
-            continue
-        if _is_nifti(p) or _is_image(p):
-            ignored["NIfTI/image file"] += 1
-            continue
-        try:
-            h = _read_dicom_header(p, p.name)
-        except _NotDicom as err:
-            reason = str(err)
-            if reason.startswith(("truncated", "corrupt", "permission", "cannot read")):
-                raise InputError(f"{p}: {reason}") from err  # a damaged slice, not a stray file
-            ignored[reason] += 1
-            continue
-        if h is None:
-            continue
-        reason_or_none = _non_image_reason(h)
-        if reason_or_none is not None:
-            if reason_or_none.startswith("truncated"):
-                raise InputError(f"{p}: {reason_or_none}")
-            ignored[reason_or_none] += 1
-            continue
-        headers.append(h)
-    if not headers:
-        found = "; ".join(f"{n} x {r}" for r, n in ignored.most_common(3))
-        raise InputError(
-            f"no DICOM image series in {folder}" + (f" (found: {found})" if found else " (empty)")
-        )
-    return _one_series(headers, str(folder))
-
-
-def _file_headers(paths: Sequence[Path]) -> list[_DicomHeader]:
-    """Headers of an explicit list of DICOM files of one series."""
-    headers: list[_DicomHeader] = []
-    for p in paths:
-        if p.is_dir():
-            raise InputError(f"{p} is a folder; pass either one series folder or a list of DICOM files")
-        if not p.exists():
-            raise InputError(f"{p} does not exist")
-        try:
-            h = _read_dicom_header(p, p.name)
-        except _NotDicom as err:
-            raise InputError(f"{p}: {err}") from err
-        if h is None:
-            continue  # a DICOMDIR in the list
-        reason = _non_image_reason(h)
-        if reason is not None:
-            raise InputError(f"{p}: {reason}")
-        headers.append(h)
-    if not headers:
-        raise InputError(f"no DICOM image files in {_where(list(paths))}")
-    return _one_series(headers, _where(list(paths)))
-
-
-def _read_simpleitk(geom: _Geometry) -> np.ndarray:
+def _read_simpleitk(geom: SeriesGeometry) -> np.ndarray:
     """``(X, Y, Z)`` float32 through SimpleITK/GDCM, files in the validated order (rescale applied)."""
     import SimpleITK as sitk
 
@@ -231,7 +135,7 @@ def _read_simpleitk(geom: _Geometry) -> np.ndarray:
     return array.transpose(2, 1, 0)
 
 
-def _read_frames(geom: _Geometry) -> np.ndarray:
+def _read_frames(geom: SeriesGeometry) -> np.ndarray:
     """``(X, Y, Z)`` float32 of an enhanced (multi-frame) series: each file decoded once by pydicom.
 
     The geometry's headers are the frames sorted along the slice normal (``h.frame`` is the 1-based frame
@@ -261,7 +165,7 @@ def _read_frames(geom: _Geometry) -> np.ndarray:
     return volume
 
 
-def _read_pydicom(geom: _Geometry) -> np.ndarray:
+def _read_pydicom(geom: SeriesGeometry) -> np.ndarray:
     """``(X, Y, Z)`` float32 through pydicom and its decoder plugins, one file at a time."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -282,30 +186,10 @@ def _read_pydicom(geom: _Geometry) -> np.ndarray:
             raise RuntimeError(
                 f"{h.path.name}: decoded shape {pixels.shape}, expected {(y, x)} (rows, columns)"
             )
-        slope = _number(ds.get("RescaleSlope")) or 1.0  # 0 or absent: no scaling
-        intercept = _number(ds.get("RescaleIntercept")) or 0.0
+        slope = to_float(ds.get("RescaleSlope")) or 1.0  # 0 or absent: no scaling
+        intercept = to_float(ds.get("RescaleIntercept")) or 0.0
         volume[:, :, k] = (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T
     return volume
-
-
-def series_geometry(data: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> _Geometry:
-    """The validated geometry of a DICOM series (a folder or its files), from the headers alone.
-
-    The same checks and slice order as :meth:`DicomSeriesReader.read`; derived objects (SEG labels,
-    RTSTRUCT) use it to place their voxels on the grid the reader loads.
-
-    Raises:
-        InputError: not one valid DICOM image series (one line naming the folder or file).
-    """
-    paths = [Path(os.fspath(p)) for p in ensure_tuple(data)]
-    if not paths:
-        raise InputError("no DICOM series given")
-    where = _where(paths)
-    headers = _folder_headers(paths[0]) if len(paths) == 1 and paths[0].is_dir() else _file_headers(paths)
-    try:
-        return _validate_series(headers)
-    except InputError as err:
-        raise InputError(f"DICOM series {where}: {err}") from err
 
 
 class DicomSeriesReader(ImageReader):
@@ -358,15 +242,23 @@ class DicomSeriesReader(ImageReader):
         """Validate the input and its geometry (headers only); the pixels are read by :meth:`get_data`.
 
         Args:
-            data: a series folder, a list of DICOM files of one series, an NRRD/MetaImage file, or
-                NIfTI file(s) (delegated to ``NibabelReader``).
+            data: a series folder, a list of DICOM files of one series, the
+                :class:`~medfcn.data.dicom.geometry.SeriesGeometry` discovery checked (also found by its
+                files: then no header is read again), an NRRD/MetaImage file, or NIfTI file(s)
+                (delegated to ``NibabelReader``).
             kwargs: for ``NibabelReader`` (NIfTI only).
 
         Returns:
             An opaque object for :meth:`get_data`, which raises any error found here.
         """
+        if isinstance(data, SeriesGeometry):
+            return _Series(data, location(data.paths))
         paths = [Path(os.fspath(p)) for p in ensure_tuple(data)]
-        where = _where(paths) if paths else "(no input)"
+        shown = location(paths) if paths else "(no input)"
+        if len(paths) > 1 or (paths and not paths[0].is_dir()):
+            known = known_geometry(paths)  # a series discovery checked: its pixels only
+            if known is not None:
+                return _Series(known, shown)
         try:
             if not paths:
                 raise InputError("no file or folder given")
@@ -376,27 +268,27 @@ class DicomSeriesReader(ImageReader):
                 nib_reader = NibabelReader(channel_dim=self._channel_arg, **{**self.kwargs, **kwargs})
                 images = nib_reader.read([str(p) for p in paths])
                 for p, image in zip(paths, ensure_tuple(images), strict=True):
-                    problem = _nifti_size_problem(image, p)
+                    problem = nifti_size_problem(image, p)
                     if problem:
                         raise InputError(f"{p}: {problem}")
-                return _Delegated(nib_reader, images, where)
+                return _Delegated(nib_reader, images, shown)
             if len(paths) == 1 and paths[0].is_dir():
-                headers = _folder_headers(paths[0])
+                headers = folder_headers(paths[0])
             elif len(paths) == 1 and _is_image(paths[0]):
-                return _Volume(self._read_volume(paths[0]), where)
+                return _Volume(self._read_volume(paths[0]), shown)
             elif len(paths) == 1 and paths[0].is_file() and is_dicom_seg(paths[0]):
                 return _SegLabel(paths[0])  # a DICOM SEG as the label of an MSD dataset (training)
             else:
-                headers = _file_headers(paths)
+                headers = file_headers(paths)
             try:
-                geometry = _validate_series(headers)
+                geometry = validate_series(headers)
             except InputError as err:
-                raise InputError(f"DICOM series {where}: {err}") from err
-            return _Series(geometry, where)
+                raise InputError(f"DICOM series {shown}: {err}") from err
+            return _Series(geometry, shown)
         except InputError as err:
             return _Failed(err)
         except Exception as err:  # unexpected library errors still become one clear line
-            return _Failed(InputError(f"cannot read {where}: {_first_line(err)}"))
+            return _Failed(InputError(f"cannot read {shown}: {_first_line(err)}"))
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
         """Read the pixels: ``(X, Y, Z)`` float32 array and MONAI metadata (see the module docstring).

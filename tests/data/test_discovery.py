@@ -425,7 +425,7 @@ def test_permission_denied_is_reported_even_when_simulated(
     """Root reads everything, so the refusal is simulated where the library opens files."""
     import builtins
 
-    from medfcn.data import discovery
+    from medfcn.data.dicom import headers
 
     locked = _nifti(tmp_path / "locked.nii.gz")
     files = _series(tmp_path / "series", n=6, seed=26)
@@ -441,7 +441,7 @@ def test_permission_denied_is_reported_even_when_simulated(
             raise PermissionError(13, "Permission denied", str(file))
         return real_load(file, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(discovery, "open", deny_open, raising=False)
+    monkeypatch.setattr(headers, "open", deny_open, raising=False)
     monkeypatch.setattr(nib, "load", deny_load)
     report = find_cases(tmp_path)
     assert _rows(report)[1] == [

@@ -18,7 +18,7 @@ from medfcn.data.synthetic import make_phantom, write_dicom_series
 from medfcn.errors import InputError
 
 DCMQI = (
-    Path(__file__).resolve().parents[3]
+    Path(__file__).resolve().parents[4]
     / "shared"
     / "data"
     / "dicom-seg-references"

@@ -8,7 +8,7 @@ Measures) and the rescale in the Pixel Value Transformation group.
 
 :func:`frame_geometries` reads those into one :class:`FrameGeometry` per frame. Discovery turns each frame
 into a pseudo-slice (:func:`expand_frames`), so a multi-frame series goes through exactly the same
-geometry checks, slice sort and affine as a single-frame series, and :class:`~medfcn.data.discovery.Case`
+geometry checks, slice sort and affine as a single-frame series, and :class:`~medfcn.data.cases.Case`
 is the same record (``paths`` lists the file once). highdicom's ``Image.get_volume`` does the same job
 for a whole file, but it neither reports *why* a file is unusable in one line nor shares our checks
 (duplicate positions, tilt, missing frames), so medfcn reads the functional groups itself.
@@ -22,13 +22,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydicom import uid
 
+from medfcn.data.dicom.values import to_float, to_floats
 from medfcn.errors import InputError
 
 __all__ = [
@@ -80,22 +80,6 @@ class FrameGeometry:
     stack_position: int | None = None
 
 
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(math.isfinite(v) for v in out) else None
-
-
-def _number(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def _item(groups: Any, sequence: str) -> Any:
     """The first item of ``sequence`` inside a functional-groups item, or ``None``."""
     if groups is None:
@@ -143,22 +127,22 @@ def frame_geometries(ds: Any) -> list[FrameGeometry]:
     frames: list[FrameGeometry] = []
     missing_position: list[int] = []
     for i, groups in enumerate(per_frame, start=1):
-        position = _floats(_lookup(groups, None, "PlanePositionSequence", "ImagePositionPatient"), 3)
+        position = to_floats(_lookup(groups, None, "PlanePositionSequence", "ImagePositionPatient"), 3)
         if position is None:
             missing_position.append(i)
             continue
-        orientation = _floats(
+        orientation = to_floats(
             _lookup(groups, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
         )
-        spacing = _floats(_lookup(groups, shared, "PixelMeasuresSequence", "PixelSpacing"), 2)
+        spacing = to_floats(_lookup(groups, shared, "PixelMeasuresSequence", "PixelSpacing"), 2)
         if orientation is None:
             raise InputError(
                 f"enhanced image without ImageOrientationPatient (Plane Orientation) for frame {i}"
             )
         if spacing is None:
             raise InputError(f"enhanced image without PixelSpacing (Pixel Measures) for frame {i}")
-        slope = _number(_lookup(groups, shared, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _number(_lookup(groups, shared, "PixelValueTransformationSequence", "RescaleIntercept"))
+        slope = to_float(_lookup(groups, shared, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = to_float(_lookup(groups, shared, "PixelValueTransformationSequence", "RescaleIntercept"))
         stack = _lookup(groups, None, "FrameContentSequence", "InStackPositionNumber")
         frames.append(
             FrameGeometry(
@@ -173,8 +157,8 @@ def frame_geometries(ds: Any) -> list[FrameGeometry]:
                     orientation[5],
                 ),
                 pixel_spacing=(spacing[0], spacing[1]),
-                slice_thickness=_number(_lookup(groups, shared, "PixelMeasuresSequence", "SliceThickness")),
-                spacing_between_slices=_number(
+                slice_thickness=to_float(_lookup(groups, shared, "PixelMeasuresSequence", "SliceThickness")),
+                spacing_between_slices=to_float(
                     _lookup(groups, shared, "PixelMeasuresSequence", "SpacingBetweenSlices")
                 ),
                 slope=slope if slope else 1.0,  # 0 or absent: no scaling (as for single-frame files)
@@ -243,9 +227,9 @@ def frame_planes(ds: Any) -> list[tuple[tuple[float, ...], tuple[float, ...], tu
     """
     if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
         return [(f.position, f.orientation, f.pixel_spacing) for f in frame_geometries(ds)]
-    position = _floats(ds.get("ImagePositionPatient"), 3)
-    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-    spacing = _floats(ds.get("PixelSpacing"), 2)
+    position = to_floats(ds.get("ImagePositionPatient"), 3)
+    orientation = to_floats(ds.get("ImageOrientationPatient"), 6)
+    spacing = to_floats(ds.get("PixelSpacing"), 2)
     if position is None or orientation is None or spacing is None:
         raise InputError(
             "a source DICOM image lacks ImagePositionPatient/ImageOrientationPatient/PixelSpacing; "

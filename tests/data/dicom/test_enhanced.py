@@ -15,7 +15,7 @@ from medfcn.data.discovery import find_cases
 from medfcn.data.readers import DicomSeriesReader
 
 DCMQI = (
-    Path(__file__).resolve().parents[3]
+    Path(__file__).resolve().parents[4]
     / "shared"
     / "data"
     / "dicom-seg-references"

@@ -16,7 +16,7 @@ import typer
 from medfcn.cli._common import EXIT_FAILED, fail, new_app, quiet_option, user_errors
 
 if TYPE_CHECKING:
-    from medfcn.data.discovery import DiscoveryReport
+    from medfcn.data.cases import DiscoveryReport
     from medfcn.data.msd import DatasetCheck
 
 __all__ = ["app", "check", "download", "scan", "synth"]
@@ -268,7 +268,8 @@ def scan(
         Path,
         typer.Argument(
             exists=True,
-            help="Folder tree to scan (or one NIfTI/NRRD/MHA file, DICOM file or DICOM series folder).",
+            help="Folder tree to scan (or one NIfTI/NRRD/MHA file, DICOM file, DICOM series folder, zip "
+            "archive, or a list file .txt/.lst/.list with one path per line, as medfcn infer takes).",
         ),
     ],
     as_json: Annotated[

@@ -125,7 +125,6 @@ class _Outputs:
     window: tuple[float, float] | Literal["percentile"] = "percentile"
 
 
-_LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -743,24 +742,6 @@ class RunSummary:
         return sum(1 for c in self.cases if c.status == "ok" and c.kept)
 
 
-def _read_list_file(path: Path) -> list[Path]:
-    """Paths of a list file: one per line, relative to the list file's folder; ``#`` comments, blanks ok."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read the list file {path}: {err}") from err
-    out = []
-    for line in lines:
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        p = Path(text).expanduser()
-        out.append(p if p.is_absolute() else path.parent / p)
-    if not out:
-        raise InputError(f"the list file {path} names no scans (one path per line expected)")
-    return out
-
-
 def _is_within(child: Path, parent: Path) -> bool:
     try:
         child.resolve().relative_to(parent.resolve())
@@ -784,55 +765,19 @@ class _Found:
 
 
 def _discover(input_path: Path, *, modality: str | None, min_slices: int | None) -> _Found:
-    """Find the cases of a folder/file/series folder or of every entry of a list file."""
+    """Find the cases of a folder/file/series folder or of every entry of a list file (discovery decides)."""
     from medfcn.data.discovery import find_cases
 
-    entries = (
-        _read_list_file(input_path)
-        if input_path.is_file() and input_path.suffix.lower() in _LIST_SUFFIXES
-        else [input_path]
-    )
     kwargs: dict[str, Any] = {"modality": modality}
     if min_slices is not None:
         kwargs["min_slices"] = min_slices
-    cases: list[Case] = []
-    sources: dict[str, str] = {}
-    skipped: list[CaseResult] = []
-    reports: list[Any] = []
-    for entry in entries:
-        if not entry.exists():
-            skipped.append(CaseResult("", str(entry), "", "skipped", f"{entry} does not exist"))
-            continue
-        report = find_cases(entry, **kwargs)
-        reports.append(report)
-        prefix = "" if entry == input_path else f"{entry}"
-        for case in report.cases:
-            if case.id in sources:  # the same scan listed twice, or two roots with same-named files
-                skipped.append(
-                    CaseResult(
-                        case.id,
-                        case.source,
-                        case.kind,
-                        "skipped",
-                        f"duplicate case id {case.id}; listed twice?",
-                    )
-                )
-                continue
-            cases.append(case)
-            src = (
-                case.source
-                if not prefix
-                else (str(Path(prefix) / case.source) if case.source not in ("", ".") else prefix)
-            )
-            sources[case.id] = src
-        for skip in report.skipped:
-            path = skip.path if not prefix else str(Path(prefix) / skip.path)
-            skipped.append(CaseResult("", path, "", "skipped", skip.reason))
+    report = find_cases(input_path, **kwargs)
+    sources = {case.id: case.source for case in report.cases}
+    skipped = [CaseResult(s.case_id, s.path, s.kind, "skipped", s.reason) for s in report.skipped]
     # What "inside the input" means for the output check: a folder's tree, a DICOMDIR's folder (discovery
     # scans it), but a single scan file only itself, so results may go beside it (`--input ct.nii.gz
     # --output results/` in the folder that holds the scan).
-    roots = [e.parent if e.is_file() and e.name.upper() == "DICOMDIR" else e for e in entries if e.exists()]
-    return _Found(cases, sources, skipped, roots, reports)
+    return _Found(list(report.cases), sources, skipped, list(report.inputs), [report])
 
 
 def _is_done(case_dir: Path) -> bool:
@@ -946,7 +891,7 @@ def _write_case(
         write_dicom_seg(
             label,
             affine,
-            case.paths,
+            case.geometry or case.paths,  # the checked geometry: no source header read again
             case_dir / CASE_FILES["seg"],
             class_names=opts.classes,
             algorithm_name=segmenter.name,
@@ -959,7 +904,7 @@ def _write_case(
             write_rtstruct(
                 label,
                 affine,
-                case.paths,
+                case.geometry or case.paths,
                 case_dir / CASE_FILES["rtstruct"],
                 classes=opts.classes,
                 algorithm_name=segmenter.name,

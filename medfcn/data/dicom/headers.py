@@ -78,6 +78,7 @@ class DicomHeader:
     frame: int | None = None
     rescale: tuple[float, float] | None = None
     template: bytes | None = None
+    plane_text: tuple[str, str, str] | None = None  # position, orientation, spacing as written (DS text)
     stamp: tuple[int, int] = (0, 0)  # size and modification time (ns) when read: a later change shows
 
 
@@ -315,7 +316,19 @@ def _parse_pydicom(
         frames=frames,
         frame_problem=frame_problem,
         template=template,
+        plane_text=_plane_text(ds),
     )
+
+
+def _plane_text(ds: Any) -> tuple[str, str, str] | None:
+    """ImagePositionPatient, ImageOrientationPatient and PixelSpacing as the file spells them."""
+    out = []
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        value = ds.get(keyword)
+        if value is None:
+            return None
+        out.append("\\".join(str(v) for v in value) if not isinstance(value, (str, bytes)) else str(value))
+    return out[0], out[1], out[2]
 
 
 def parse_template(header: DicomHeader) -> Dataset | None:

@@ -139,11 +139,9 @@ def _skip_sequence(buf: _Buffer, pos: int, implicit: bool) -> int:
 
 
 def _text(raw: bytes, encoding: str) -> str:
-    if raw.isascii():
-        return raw.decode("ascii")
-    if encoding == "ascii":
-        raise _GiveUp
-    return raw.decode(encoding)
+    if b"\x1b" in raw or (encoding == "ascii" and not raw.isascii()):
+        raise _GiveUp  # an escape sequence, or bytes of a character set not decoded here
+    return raw.decode("ascii") if raw.isascii() else raw.decode(encoding)
 
 
 def scan(fp: BinaryIO, head: bytes, size: int, path: Path, rel: str, keep_template: bool) -> DicomHeader | None:
@@ -211,8 +209,9 @@ def _scan(buf: _Buffer, path: Path, rel: str, keep_template: bool) -> DicomHeade
         pos = end
     if tag != _PIXEL_DATA:
         raise _GiveUp  # no pixel data (or float pixel data): pydicom's reasons
-    charset = raw[0x00080005].decode("ascii").strip("\x00 ").split("\\")[0].strip() if 0x00080005 in raw else ""
-    encoding = _SIMPLE_CHARSETS.get(charset, "ascii")
+    charsets = raw[0x00080005].decode("ascii").strip("\x00 ").split("\\") if 0x00080005 in raw else [""]
+    # one plain character set decodes here; code extensions (ISO 2022 escapes) are pydicom's job
+    encoding = _SIMPLE_CHARSETS.get(charsets[0].strip(), "ascii") if len(charsets) == 1 else "ascii"
 
     def text(tag: int) -> str:
         value = raw.get(tag)
@@ -277,4 +276,5 @@ def _scan(buf: _Buffer, path: Path, rel: str, keep_template: bool) -> DicomHeade
         has_pixels=has_pixels,
         pixel_problem=problem,
         template=buf.data[:pos] if keep_template else None,
+        plane_text=(text(0x00200032), text(0x00200037), text(0x00280030)),
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from medfcn.data.dicom.geometry import SeriesGeometry
 from medfcn.data.dicom.headers import parse_template
+from medfcn.data.dicom.values import to_float
 from medfcn.errors import InputError
 
 __all__ = ["Sources", "read_sources", "source_datasets"]
@@ -69,23 +70,25 @@ def _from_geometry(geometry: SeriesGeometry) -> list[Any] | None:
     for h in geometry.headers:
         if h.position is None or h.orientation is None or h.pixel_spacing is None:
             return None
-        ds = Dataset(template)  # shares the series-level elements; those set below are this file's own
+        ds = Dataset(dict(template.items()))  # its own element table over the shared series elements
         ds.file_meta = template.file_meta
         ds.SOPClassUID = h.sop_class_uid
         ds.SOPInstanceUID = h.sop_instance_uid
-        ds.ImagePositionPatient = list(h.position)
-        ds.ImageOrientationPatient = list(h.orientation)
-        ds.PixelSpacing = list(h.pixel_spacing)
+        position, orientation, spacing = h.plane_text or ("", "", "")
+        ds.ImagePositionPatient = position.split("\\") if position else list(h.position)
+        ds.ImageOrientationPatient = orientation.split("\\") if orientation else list(h.orientation)
+        ds.PixelSpacing = spacing.split("\\") if spacing else list(h.pixel_spacing)
         ds.Rows, ds.Columns = h.rows, h.columns
         if h.instance_number is not None:
             ds.InstanceNumber = h.instance_number
         for keyword, value in (
             ("SliceThickness", h.slice_thickness),
             ("SpacingBetweenSlices", h.spacing_between_slices),
-        ):
-            if value is not None:
+        ):  # series values, as the template spells them unless this file differs
+            if value is None:
+                if keyword in ds:
+                    del ds[keyword]
+            elif to_float(template.get(keyword)) != value:
                 setattr(ds, keyword, value)
-            elif keyword in ds:
-                del ds[keyword]
         out.append(ds)
     return out

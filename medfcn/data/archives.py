@@ -32,6 +32,8 @@ import weakref
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from medfcn.errors import one_line
+
 __all__ = ["ArchiveError", "TemporaryTree", "extract_zip", "looks_like_zip"]
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end record of an empty archive
@@ -134,8 +136,7 @@ def extract_zip(
                 archive.extract(m, tree.path)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as err:
             tree.close()
-            text = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ArchiveError(f"corrupt zip archive ({type(err).__name__}: {text})") from err
+            raise ArchiveError(f"corrupt zip archive ({type(err).__name__}: {one_line(err)})") from err
         except NotImplementedError as err:  # a compression method zipfile knows but cannot decode here
             tree.close()
             raise ArchiveError(f"zip archive uses an unsupported compression method ({err})") from err

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from medfcn.errors import DataError
+from medfcn.errors import DataError, one_line
 
 __all__ = [
     "HOW_TO_GET_DATA",
@@ -81,7 +81,7 @@ def _load_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DataError(
-            f"{path} is not valid JSON ({str(err).splitlines()[0]}); expected {_EXPECTED}"
+            f"{path} is not valid JSON ({one_line(err)}); expected {_EXPECTED}"
         ) from err
 
 

@@ -292,7 +292,7 @@ def _find_one(root_path: Path, options: _Options) -> DiscoveryReport:
 _MAX_ZIP_DEPTH = 2  # a zip inside a zip is opened; deeper nesting is reported, not unpacked
 
 
-def _open_zip(f: _File, skipped: list[Skipped], temporary: list[TemporaryTree]) -> list[_File]:
+def _open_zip(f: FoundFile, skipped: list[Skipped], temporary: list[TemporaryTree]) -> list[FoundFile]:
     """Extract an archive found by the walk; its files, with ``rel`` under the archive's own path."""
     where = f.shown or f.rel
     if f.zip_depth >= _MAX_ZIP_DEPTH:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from medfcn.data.datasets import HOW_TO_GET_DATA
-from medfcn.errors import DataError, InputError
+from medfcn.errors import DataError, InputError, one_line
 
 __all__ = [
     "DatasetCheck",
@@ -709,7 +709,7 @@ def _download(task: str, url: str, archive: Path, staging: Path, md5: str | None
     # Network libraries, OSError, tarfile and MONAI's RuntimeError/ValueError all mean "it failed"; each
     # becomes one DataError that keeps the reason.
     except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = one_line(err)
         if isinstance(err, HashCheckError):
             archive.unlink(missing_ok=True)  # a corrupt archive must not be trusted by the next run
             raise _md5_mismatch(task, url, md5) from err

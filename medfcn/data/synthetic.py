@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medfcn._io import atomic_write, atomic_write_json
+from medfcn._io import atomic_dir, atomic_write, atomic_write_json
 from medfcn.errors import DataError
 
 __all__ = [
@@ -383,18 +382,12 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _write_dicom_dir(ph: Phantom, dicom_dir: Path, *, seed: int) -> None:
-    """Write a series into a temp folder beside ``dicom_dir``, then rename it into place (all or nothing)."""
-    import shutil
+    """Write a series into a temp folder beside ``dicom_dir``, then rename it into place (all or nothing).
 
-    dicom_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dicom_dir.parent, prefix=f".{dicom_dir.name}.tmp"))
-    try:
+    A series from earlier parameters (written here by this function) is replaced.
+    """
+    with atomic_dir(dicom_dir, replace=True) as tmp:
         write_dicom_series(ph.image, ph.affine, tmp, seed=seed, series_description="medfcn synthetic CT")
-        if dicom_dir.exists():  # a series from earlier parameters; it was written here by this function
-            shutil.rmtree(dicom_dir)
-        os.replace(tmp, dicom_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove_stale_cases(root: Path, listed: set[str], dicom: bool) -> None:

@@ -18,11 +18,12 @@ import pydicom
 import pytest
 from monai.transforms import LoadImage
 
-from medfcn.data.dicom_seg import label_to_frames, write_dicom_seg
-from medfcn.data.discovery import Case, find_cases
+from medfcn.data.cases import Case
+from medfcn.data.dicom.rtstruct import mask_contours, rasterise_contours, write_rtstruct
+from medfcn.data.dicom.seg import label_to_frames, write_dicom_seg
+from medfcn.data.dicom.segment_codes import class_table, read_metadata
+from medfcn.data.discovery import find_cases
 from medfcn.data.readers import DicomSeriesReader
-from medfcn.data.rtstruct import mask_contours, rasterise_contours, write_rtstruct
-from medfcn.data.segment_codes import class_table, read_metadata
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-ct" / "totalsegmentator"
 LIVER = Path(__file__).resolve().parents[2] / "bundles" / "liver"

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from medfcn.data.dicom_seg import segment_descriptions
-from medfcn.data.segment_codes import class_table, read_metadata
+from medfcn.data.dicom.seg import segment_descriptions
+from medfcn.data.dicom.segment_codes import class_table, read_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "workflows" / "liver_seg_app"
@@ -113,3 +113,15 @@ def test_deploy_app_writes_the_same_codes(deploy_python: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     deploy = json.loads(result.stdout.strip().splitlines()[-1])
     assert deploy == [_rows(m) for m in metas]
+
+
+def test_the_deploy_app_has_no_coding_table_of_its_own() -> None:
+    """One coding table: the app imports medfcn's and spells no SNOMED code itself."""
+    import re
+
+    for path in sorted(APP.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert not re.search(r"""["'](SCT|SRT|99MEDFCN)["']""", code), f"{path.name} spells segment codes"
+    app = (APP / "app.py").read_text(encoding="utf-8")
+    assert "from medfcn.data.dicom.segment_codes import" in app

@@ -12,7 +12,7 @@ and a self-contained ``inference.json``, and ``MonaiBundleInferenceOperator`` ru
 ``preprocessing`` / ``inferer`` / ``postprocessing`` (it drops ``LoadImage*`` and ``SaveImage*``, which
 deal with files, because Deploy hands over an in-memory volume and takes the mask back in memory).
 Segment labels and codes come from medfcn's one segment-coding table,
-:func:`medfcn.data.segment_codes.class_table`: the bundle metadata's ``medfcn.classes`` (SNOMED codes,
+:func:`medfcn.data.dicom.segment_codes.class_table`: the bundle metadata's ``medfcn.classes`` (SNOMED codes,
 modifiers), else the name table, else a local ``99MEDFCN`` code; ``medfcn infer`` writes the same codes
 (``tests/workflows/test_deploy_codes.py``).
 
@@ -67,7 +67,7 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 )
 from pydicom.sr.codedict import codes
 
-from medfcn.data.segment_codes import algorithm_title, apply_modifier, class_table, to_code
+from medfcn.data.dicom.segment_codes import algorithm_title, apply_modifier, class_table, to_code
 
 __all__ = [
     "BundleInference",

@@ -1,11 +1,9 @@
 """The header pass of discovery: every candidate file's header read once, on one or several processes.
 
-Parsing headers is Python work (the GIL rules out threads), so large trees are split over worker
-processes: ``MEDFCN_DISCOVERY_WORKERS`` sets their number (``1``: this process only); by default a tree
-of at least :data:`POOL_MIN_FILES` candidate files uses one worker per CPU (at most 4), a smaller one
-none, since starting a worker (a fresh interpreter importing pydicom, ``forkserver``/``spawn``: a parent
-that has started threads must not ``fork``) costs about as much as reading a thousand headers.
-``benchmarks/bench_discovery.py --workers N`` measures both.
+Parsing headers is Python work (the GIL rules out threads), so a tree can be split over worker
+processes: ``MEDFCN_DISCOVERY_WORKERS=N`` starts N (``forkserver``/``spawn``: a parent that has started
+threads must not ``fork``). The default is this process alone: :func:`workers` gives the measurement
+that decided it (``benchmarks/bench_discovery.py --workers N`` repeats it).
 
 Each worker keeps the raw header of the first file of each series it meets
 (:attr:`~medfcn.data.dicom.headers.DicomHeader.template`); :func:`~medfcn.data.dicom.series.group_series`
@@ -21,10 +19,7 @@ from typing import Any, Protocol
 
 from medfcn.data.dicom.headers import DicomHeader, NotDicom, read_header
 
-__all__ = ["POOL_MIN_FILES", "read_headers", "workers"]
-
-POOL_MIN_FILES = 3000
-"""Candidate files from which discovery reads headers on worker processes by default."""
+__all__ = ["read_headers", "workers"]
 
 
 class _Located(Protocol):
@@ -33,15 +28,18 @@ class _Located(Protocol):
 
 
 def workers(n_files: int) -> int:
-    """Worker processes for ``n_files`` headers (``MEDFCN_DISCOVERY_WORKERS`` or the default rule)."""
+    """Worker processes for ``n_files`` headers: ``MEDFCN_DISCOVERY_WORKERS``, else 1 (this process).
+
+    Measured with ``benchmarks/bench_discovery.py`` on 2 shared cores (9,600 files, load average ~7.5):
+    one process 3,030 files/s (1.05x GDCM), two workers 1,760 files/s (starting them, pickling the
+    headers back, no idle core). A pool pays only with idle cores and a tree larger than the start-up.
+    """
     text = os.environ.get("MEDFCN_DISCOVERY_WORKERS", "").strip()
-    if text:
-        try:
-            return max(1, int(text))
-        except ValueError:
-            return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cpus, 4) if n_files >= POOL_MIN_FILES else 1
+    try:
+        n = int(text) if text else 1
+    except ValueError:
+        return 1
+    return max(1, n) if n_files >= 2 else 1
 
 
 def _read_one(path: Path, rel: str, seen: set[str]) -> DicomHeader | NotDicom | None:

@@ -29,8 +29,14 @@ import numpy as np
 
 from medfcn._io import atomic_write
 from medfcn._version import __version__
+from medfcn.data.dicom.segment_codes import (
+    ClassInfo,
+    algorithm_title,
+    apply_modifier,
+    as_class_table,
+    to_code,
+)
 from medfcn.data.dicom.sources import Sources, read_sources, source_datasets
-from medfcn.data.dicom.segment_codes import ClassInfo, algorithm_title, apply_modifier, as_class_table, to_code
 from medfcn.errors import InputError
 
 __all__ = [

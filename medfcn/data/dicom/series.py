@@ -35,9 +35,9 @@ __all__ = [
     "folder_headers",
     "group_path",
     "group_series",
+    "location",
     "series_geometry",
     "series_problem",
-    "location",
 ]
 
 _IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from monai.transforms import LoadImage
 
-from medfcn.data.dicom_seg import write_dicom_seg
+from medfcn.data.dicom.seg import write_dicom_seg
 from medfcn.data.discovery import find_cases
 from medfcn.data.readers import DicomSeriesReader
 

@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from medfcn.data.discovery import find_cases
 from medfcn.data.dicom.rtstruct import write_rtstruct
 from medfcn.data.dicom.seg import write_dicom_seg
+from medfcn.data.discovery import find_cases
 from medfcn.data.synthetic import make_phantom, write_dicom_series
 
 LIVER = Path(__file__).resolve().parents[3] / "bundles" / "liver"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfcn.data.dicom_seg import label_to_frames, write_dicom_seg
+from medfcn.data.dicom.seg import label_to_frames, write_dicom_seg
 from medfcn.data.synthetic import make_phantom, write_dicom_series
 from medfcn.errors import InputError
 

@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from monai.transforms import LoadImage, LoadImaged
 
-from medfcn.data.dicom_seg import write_dicom_seg
+from medfcn.data.dicom.seg import write_dicom_seg
+from medfcn.data.dicom.seg_labels import is_dicom_seg, parse_segment_map, read_seg_label
+from medfcn.data.dicom.segment_codes import class_table
 from medfcn.data.readers import DicomSeriesReader
-from medfcn.data.seg_labels import is_dicom_seg, parse_segment_map, read_seg_label
-from medfcn.data.segment_codes import class_table
 from medfcn.data.synthetic import make_phantom, write_dicom_series
 from medfcn.errors import InputError
 
@@ -110,7 +110,7 @@ def _series(folder: Path, seed: int = 4) -> tuple[object, list[Path]]:
 def test_fractional_seg_binarised_at_half(tmp_path: Path) -> None:
     import highdicom as hd
 
-    from medfcn.data.dicom_seg import label_to_frames, segment_descriptions
+    from medfcn.data.dicom.seg import label_to_frames, segment_descriptions
 
     _, files = _series(tmp_path / "ct")
     img = load([str(f) for f in sorted(files)])

@@ -9,7 +9,7 @@ loaded; ``medfcn data scan`` prints them and ``medfcn infer`` segments them, so 
   walked as if they were folders (:mod:`medfcn.data.archives`); the report removes the folder on
   :meth:`~medfcn.data.cases.DiscoveryReport.close` (and at garbage collection or exit);
 * DICOM files (with or without extension, with or without the 128-byte preamble) have their header read
-  once (:mod:`medfcn.data.dicom.headerpass`, on several processes for large trees) and are grouped into
+  once (:mod:`medfcn.data.dicom.headerpass`, one process, or several on request) and are grouped into
   series by ``SeriesInstanceUID`` -- several series may share a folder and one series may be spread over
   several folders; each series' geometry is checked (:mod:`medfcn.data.dicom.geometry`) and the case
   carries it, so the reader and the SEG/RTSTRUCT writers read no header again. Enhanced multi-frame

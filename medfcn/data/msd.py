@@ -182,7 +182,7 @@ def load_datalist(
 
 def _check_seg_labels(result: Mapping[str, list[dict[str, Any]]], base: Path) -> None:
     """Refuse a DICOM SEG label that does not reference its own image's series (headers only)."""
-    from medfcn.data.seg_labels import is_dicom_seg, seg_pairing_error
+    from medfcn.data.dicom.seg_labels import is_dicom_seg, seg_pairing_error
 
     images = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".npz", ".npy")
     for items in result.values():

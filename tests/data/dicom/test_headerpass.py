@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medfcn.data.discovery import find_cases
 from medfcn.data.dicom.headerpass import workers
+from medfcn.data.discovery import find_cases
 from medfcn.data.synthetic import make_phantom, write_dicom_series
 
 

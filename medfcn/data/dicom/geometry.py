@@ -11,9 +11,6 @@ highdicom's ``get_volume_positions`` answers "regular or not" without saying why
 Why not sort by InstanceNumber, as MONAI's ``PydicomReader`` does: scanners number slices against the
 slice direction too; the position along the normal is the order, InstanceNumber only breaks exact ties.
 
-:func:`decode_problem` decodes one frame of a compressed series, so that undecodable series are reported
-by discovery rather than by the reader.
-
 Example:
     >>> geom = validate_series(headers)  # doctest: +SKIP
     >>> geom.shape, geom.spacing, geom.affine  # (X, Y, Z), mm, (4, 4) RAS  # doctest: +SKIP
@@ -31,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from medfcn.data.dicom.enhanced import expand_frames
-from medfcn.data.dicom.headers import DicomHeader, clip
+from medfcn.data.dicom.headers import DicomHeader
 from medfcn.data.dicom.objects import sop_name
-from medfcn.errors import InputError, one_line
+from medfcn.errors import InputError
 
-__all__ = ["SeriesGeometry", "decode_problem", "known_geometry", "remember_geometry", "validate_series"]
+__all__ = ["SeriesGeometry", "known_geometry", "remember_geometry", "validate_series"]
 
 # Geometry tolerances (mm unless stated). Positions in real exports are rounded to ~0.01 mm and
 # orientations to ~1e-6, so tolerances sit well above rounding and well below one voxel.
@@ -242,38 +239,3 @@ def validate_series(headers: Sequence[DicomHeader]) -> SeriesGeometry:
         shape=(h0.columns, h0.rows, n),
         spacing=(row_mm, col_mm, float(dz)),
     )
-
-
-def decode_problem(h: DicomHeader) -> str | None:
-    """Decode one frame of a compressed or deflated file; ``None`` if pydicom or SimpleITK can.
-
-    One frame per series keeps discovery cheap; the reader reports a damaged frame elsewhere in the
-    series when it loads it.
-    """
-    import pydicom
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import UID
-
-    syntax = UID(h.transfer_syntax)
-    name = syntax.name if syntax.name != str(syntax) else str(syntax)
-    try:
-        ds = pydicom.dcmread(h.path, force=True)
-        ds.pixel_array  # noqa: B018  (decoding is the check)
-        return None
-    except Exception as err:  # decoder plugins raise many types; SimpleITK gets a chance below
-        py_error: Exception = err
-    try:
-        import SimpleITK as sitk
-
-        sitk.ReadImage(str(h.path))
-        return None
-    except RuntimeError:
-        pass
-    try:
-        supported = get_decoder(syntax).is_available
-    except (NotImplementedError, ValueError):
-        supported = False
-    if not supported:
-        return f"unsupported compression {name} (no decoder installed)"
-    text = clip(one_line(py_error), 160)
-    return f"cannot decode {name} pixel data (corrupt compressed data?): {text}"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pydicom import uid
 
 from medfcn.data.dicom.enhanced import ENHANCED_VOLUME_SOP_CLASSES, FrameGeometry, frame_geometries
-from medfcn.data.dicom.objects import DICOMDIR_SOP_CLASS
+from medfcn.data.dicom.objects import DICOMDIR_SOP_CLASS, NATIVE_SYNTAXES
 from medfcn.data.dicom.values import to_float, to_floats, to_int
 from medfcn.errors import InputError, one_line
 
@@ -78,6 +78,8 @@ class DicomHeader:
     frame: int | None = None
     rescale: tuple[float, float] | None = None
     template: bytes | None = None
+    decode_checked: bool = False  # the first file of a compressed series: decoded in the header pass
+    decode_problem: str | None = None  # why it could not be decoded (when decode_checked)
     plane_text: tuple[str, str, str] | None = None  # position, orientation, spacing as written (DS text)
     stamp: tuple[int, int] = (0, 0)  # size and modification time (ns) when read: a later change shows
 
@@ -183,22 +185,33 @@ def read_header(path: Path, rel: str, seen_series: set[str] | None = None) -> Di
         NotDicom: not DICOM, unreadable, truncated or corrupt header (message: the skip reason).
     """
     try:
-        header = _parse(path, rel, seen_series is not None)
+        return _parse(path, rel, seen_series)
     except NotDicom:
         raise
     except Exception as err:  # pydicom raises many types on damaged values: one bad file must not stop a scan
         raise NotDicom(f"corrupt DICOM header ({type(err).__name__}: {clip(one_line(err), 120)})") from err
-    if header is not None and seen_series is not None and header.template is not None:
-        if header.series_uid in seen_series:
-            header.template = None
-        else:
-            seen_series.add(header.series_uid)
-    return header
 
 
-def _parse(path: Path, rel: str, keep_template: bool) -> DicomHeader | None:
+def _first_of_series(header: DicomHeader | None, seen: set[str] | None, fp: BinaryIO) -> None:
+    """Keep the raw header (and check decoding) of a series' first file; drop them for the others."""
+    if header is None or seen is None:
+        return
+    if header.series_uid in seen:
+        header.template = None
+        return
+    seen.add(header.series_uid)
+    if header.transfer_syntax not in NATIVE_SYNTAXES and header.has_pixels and not header.pixel_problem:
+        from medfcn.data.dicom.decoding import decode_problem
+
+        fp.seek(0)  # the file is open: decode it from memory rather than open it again later
+        header.decode_problem = decode_problem(header, fp.read())
+        header.decode_checked = True
+
+
+def _parse(path: Path, rel: str, seen: set[str] | None) -> DicomHeader | None:
     from medfcn.data.dicom.rawscan import scan
 
+    keep_template = seen is not None
     try:
         with open(path, "rb") as fp:
             st = os.fstat(fp.fileno())
@@ -209,15 +222,15 @@ def _parse(path: Path, rel: str, keep_template: bool) -> DicomHeader | None:
             preamble = len(head) == 132 and head[128:132] == b"DICM"
             if not preamble and not _looks_like_raw_dataset(head):
                 raise NotDicom("not a DICOM or image file")
+            header = None
             if preamble:
                 header = scan(fp, head, size, path, rel, keep_template)
-                if header is not None:
-                    header.stamp = (size, st.st_mtime_ns)
-                    return header
-            fp.seek(0)
-            header = _parse_pydicom(fp, size, path, rel, preamble, keep_template)
+            if header is None:
+                fp.seek(0)
+                header = _parse_pydicom(fp, size, path, rel, preamble, keep_template)
             if header is not None:
                 header.stamp = (size, st.st_mtime_ns)
+            _first_of_series(header, seen, fp)
             return header
     except PermissionError as err:
         raise NotDicom("permission denied") from err

@@ -18,7 +18,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from medfcn.data.dicom.geometry import SeriesGeometry, decode_problem, validate_series
+from medfcn.data.dicom.decoding import decode_problem
+from medfcn.data.dicom.geometry import SeriesGeometry, validate_series
 from medfcn.data.dicom.headers import DicomHeader, NotDicom, read_header
 from medfcn.data.dicom.objects import (
     LOCALISER_DESCRIPTION,
@@ -132,9 +133,9 @@ def series_problem(
     n = len(geom.headers)  # slices: files, or the frames of an enhanced image
     if n < min_slices:
         return f"only {n} slice{'s' if n != 1 else ''} (< min_slices {min_slices})"
-    probe = geom.headers[0]
-    if probe.transfer_syntax not in NATIVE_SYNTAXES:
-        problem = decode_problem(probe)
+    if geom.headers[0].transfer_syntax not in NATIVE_SYNTAXES:
+        checked = next((h for h in group if h.decode_checked), None)  # decoded in the header pass
+        problem = checked.decode_problem if checked is not None else decode_problem(geom.headers[0])
         if problem:
             return problem
     return geom

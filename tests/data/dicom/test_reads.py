@@ -61,10 +61,13 @@ class _Reads:
         monkeypatch.setattr(sitk, "ReadImage", counted_read)
 
 
-@pytest.fixture
-def series(tmp_path: Path) -> list[Path]:
+@pytest.fixture(params=["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"], ids=["native", "rle"])
+def series(tmp_path: Path, request: pytest.FixtureRequest) -> list[Path]:
+    """A small oblique series, uncompressed or RLE (discovery decodes one file of a compressed series)."""
     ph = make_phantom((20, 18, 7), seed=3, orientation="random", max_oblique_deg=20.0, noise_hu=0.0)
-    return write_dicom_series(ph.image, ph.affine, tmp_path / "IN" / "study" / "series", seed=3)
+    return write_dicom_series(
+        ph.image, ph.affine, tmp_path / "IN" / "study" / "series", seed=3, transfer_syntax=request.param
+    )
 
 
 def test_discovery_read_and_writers_read_each_file_at_most_twice(

@@ -30,9 +30,10 @@ class _Located(Protocol):
 def workers(n_files: int) -> int:
     """Worker processes for ``n_files`` headers: ``MEDFCN_DISCOVERY_WORKERS``, else 1 (this process).
 
-    Measured with ``benchmarks/bench_discovery.py`` on 2 shared cores (9,600 files, load average ~7.5):
-    one process 3,030 files/s (1.05x GDCM), two workers 1,760 files/s (starting them, pickling the
-    headers back, no idle core). A pool pays only with idle cores and a tree larger than the start-up.
+    Measured with ``benchmarks/bench_discovery.py`` on 2 shared cores (9,600 files, warm page cache, load
+    average ~11): one process 4,692 files/s (1.18x GDCM's series lookup), two workers 2,413 files/s
+    (0.78x: starting them and pickling the headers back, with no idle core). A pool pays only with idle
+    cores and a tree much larger than the start-up.
     """
     text = os.environ.get("MEDFCN_DISCOVERY_WORKERS", "").strip()
     try:

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None:
         os.environ["MEDFCN_DISCOVERY_WORKERS"] = str(args.workers)
 
-    root = args.tree or Path(tempfile.mkdtemp(prefix="medfcn-bench-discovery-"))
+    root = args.tree or Path(tempfile.mkdtemp(prefix="bench-discovery-"))
     try:
         t0 = time.perf_counter()
         if args.keep and root.is_dir() and any(root.iterdir()):

@@ -125,7 +125,6 @@ class _Outputs:
     window: tuple[float, float] | Literal["percentile"] = "percentile"
 
 
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 

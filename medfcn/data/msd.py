@@ -120,7 +120,7 @@ def read_dataset_json(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_datalist(
-    root: str | os.PathLike[str], *, check_files: bool = True
+    root: str | os.PathLike[str], *, check_files: bool = True, check_seg_labels: bool = True
 ) -> dict[str, list[dict[str, Any]]]:
     """Read a dataset into MONAI datalists with absolute paths.
 
@@ -132,13 +132,17 @@ def load_datalist(
     Args:
         root: the dataset folder, its ``dataset.json``, or a ``.csv``/``.json`` list file.
         check_files: raise if a listed file does not exist (one stat per file).
+        check_seg_labels: with ``check_files``, raise if a DICOM SEG label references another series than
+            its image's (headers only): training must not learn from a mispaired label. Evaluation scores
+            such a case as failed instead, and the others go on.
 
     Returns:
         ``{"training": [{"image": abs, "label": abs}, ...], "test": [{"image": abs}, ...]}`` plus
         ``"validation"`` when the file defines one; ready for ``monai.data.Dataset``.
 
     Raises:
-        DataError: missing or invalid dataset description, or listed files missing.
+        DataError: missing or invalid dataset description, listed files missing, or (``check_seg_labels``)
+            a DICOM SEG label of another series than its image's.
     """
     from medfcn.data.datasets import read_dataset
 
@@ -176,7 +180,8 @@ def load_datalist(
                 f"{len(missing)} file(s) listed in {path} are missing (first: {first}); "
                 f"run `medfcn data check {path if data.get('format') == 'list' else base}` for the full list"
             )
-        _check_seg_labels(result, base)
+        if check_seg_labels:
+            _check_seg_labels(result, base)
     return result
 
 

@@ -277,7 +277,7 @@ def select_cases(
 
     if split not in ("test", "val", "all"):
         raise InputError(f"unknown split {split!r}; use test, val or all")
-    datalist = load_datalist(data_dir)
+    datalist = load_datalist(data_dir, check_seg_labels=False)  # a mispaired SEG fails its case only
     training = [i for i in datalist.get("training", []) if "label" in i]
     if split == "val":
         items = split_datalist(training, val_fraction=val_fraction, seed=seed, fold=fold, num_folds=num_folds)[1]

@@ -1,5 +1,5 @@
-"""Where and in which precision a network runs: device choice, CPU bf16 units, the autocast-dtype rule, and
-the per-layer precision policy for CPU bf16.
+"""Where and in which precision a network runs: device choice, torchrun ranks, CPU bf16 units, the
+autocast-dtype rule, and the per-layer precision policy for CPU bf16.
 
 One rule for everything that autocasts (inference and training call :func:`autocast_dtype`). On the CPU,
 bf16 autocast is not a uniform win: with Intel AMX (Sapphire Rapids and later) oneDNN's bf16 kernels run
@@ -15,10 +15,12 @@ Module-level imports are the standard library only: ``medfcn info`` and ``--help
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,8 +41,11 @@ __all__ = [
     "cpu_bf16_units",
     "cpu_has_bf16",
     "describe_policy",
+    "is_rank0",
     "keeps_fp32",
     "layer_precisions",
+    "process_group",
+    "rank_and_world",
     "resolve_device",
 ]
 
@@ -111,6 +116,43 @@ def _mps_available() -> bool:
 
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+# ------------------------------------------------------------------------------------------- torchrun ranks
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` from torchrun's environment (``RANK``, ``WORLD_SIZE``); ``(0, 1)`` outside it."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_rank0() -> bool:
+    """Whether this process is torchrun's rank 0 (or runs alone): the one that writes run-level files."""
+    return rank_and_world()[0] == 0
+
+
+@contextlib.contextmanager
+def process_group(world: int) -> Iterator[None]:
+    """A gloo process group for the block when ``world`` > 1 and none exists yet (destroyed after it).
+
+    gloo carries only Python objects (case splits, summary rows), so it works whatever the device.
+    """
+    created = False
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            from datetime import timedelta
+
+            dist.init_process_group("gloo", timeout=timedelta(hours=12))
+            created = True
+    try:
+        yield
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------- bf16 units

@@ -1,41 +1,90 @@
-"""MONAI bundles: read a bundle folder's identity without loading weights, export it (``export``).
+"""MONAI bundles: :class:`Bundle` is the one door into a bundle folder (its files, its parsed configs, its
+weights, classes, segment codes, channels and patch size); ``export`` makes TorchScript/ONNX of it.
+
+Everything that reads a bundle goes through :func:`load_bundle`: :class:`medfcn.engine.segmenter.Segmenter`,
+:func:`medfcn.bundle.export.export_bundle`, :func:`save_random_weights`, ``medfcn info``. The configs are
+parsed by :meth:`Bundle.parser` the way ``python -m monai.bundle run`` parses them: ``metadata.json`` as
+``_meta_``, the config files merged in order, overrides (``{"id#key": value}``) set before anything is
+built, and ``%configs/x.json#id`` macros resolved from the bundle root.
 
 Example:
     >>> b = load_bundle("bundles/liver")  # doctest: +SKIP
-    >>> b.name, b.version, b.class_names, b.weights  # doctest: +SKIP
+    >>> b.name, b.version, b.class_names, b.weights_file, b.in_channels, b.patch_size  # doctest: +SKIP
+    >>> parser = b.parser("inference", {"device": "$torch.device('cpu')"})  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medfcn._io import atomic_write, atomic_write_json
-from medfcn.errors import BundleError
+from medfcn.bundle.standard import channel_def, neutralise_writers
+from medfcn.errors import BundleError, one_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from monai.bundle import ConfigParser
+
+    from medfcn.data.segment_codes import ClassInfo
 
 __all__ = [
     "RUN_OUTPUTS",
     "Bundle",
+    "apply_overrides",
     "channel_updates",
     "copy_bundle",
     "load_bundle",
     "save_random_weights",
     "set_in_channels",
     "set_patch_size",
+    "working_directory",
 ]
 
 RUN_OUTPUTS = ("runs", "eval", "logs", "mlruns", "__pycache__")
 """Folders that runs of a bundle create inside it (checkpoints, evaluations, logs, a local MLflow store)."""
 
 _CONFIGS = ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
+_SUFFIXES = (".json", ".yaml", ".yml")  # zoo bundles may ship YAML configs
+
+
+@contextlib.contextmanager
+def working_directory(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Run the block from ``path``: MONAI resolves ``%configs/x.json#id`` macros relative to the working
+    directory, and bundles are written to be run from their root (as ``python -m monai.bundle run`` is)."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def apply_overrides(parser: ConfigParser, overrides: Mapping[str, Any]) -> None:
+    """Set ``{"id#key": value}`` in ``parser``, in order, skipping those whose top-level id it lacks."""
+    for key, value in overrides.items():
+        if key.split("#")[0] in parser:
+            parser[key] = value
+
+
+def _has_macro(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.startswith("%")
+    if isinstance(value, Mapping):
+        return any(_has_macro(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_macro(v) for v in value)
+    return False
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle folder as described by its files (nothing is instantiated, no weights are read).
+    """A bundle folder: its files as found (nothing is instantiated and no weights are read until asked).
 
     Attributes:
         root: the bundle folder.
@@ -59,12 +108,73 @@ class Bundle:
 
     @property
     def class_names(self) -> dict[int, str]:
-        """Output channel -> class name, from ``network_data_format.outputs.pred.channel_def``."""
+        """Output channel -> class name, from ``network_data_format.outputs.pred.channel_def`` (``{}``: none)."""
+        return channel_def(self.metadata)
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The weights a run uses: ``models/model.pt``, else ``models/model.ts``, else ``None``."""
+        from medfcn.bundle.weights import find_weights
+
+        return find_weights(self.root)
+
+    @property
+    def in_channels(self) -> int | None:
+        """Input channels the network takes (metadata ``network_data_format.inputs.image.num_channels``)."""
         try:
-            channel_def = self.metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
-            return {int(k): str(v) for k, v in channel_def.items()}
+            return int(self.metadata["network_data_format"]["inputs"]["image"]["num_channels"])
         except (KeyError, TypeError, ValueError):
-            return {}
+            return None
+
+    @property
+    def patch_size(self) -> tuple[int, ...] | None:
+        """The sliding-window patch: the inference config's ``patch_size``, else the metadata's input
+        ``spatial_shape`` (:func:`set_patch_size` keeps the two equal), else ``None``."""
+        config = self.configs.get("inference.json")
+        candidates: list[Any] = []
+        if config is not None:
+            with contextlib.suppress(OSError, ValueError):
+                raw = json.loads(config.read_text(encoding="utf-8"))
+                candidates.append(raw.get("patch_size") if isinstance(raw, dict) else None)
+        inputs = self.metadata.get("network_data_format", {}).get("inputs", {})
+        candidates.append(inputs.get("image", {}).get("spatial_shape") if isinstance(inputs, dict) else None)
+        for value in candidates:
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+                return tuple(int(v) for v in value)
+        return None
+
+    def trained_flips(self, spatial_dims: int = 3) -> tuple[int, ...] | None:
+        """The spatial axes ``configs/train.json`` flips (``RandFlipd``/``RandAxisFlipd``), or ``None``
+        without a readable train.json (a bundle shipped for inference only)."""
+        try:
+            config = json.loads((self.root / "configs" / "train.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        axes: set[int] = set()
+        stack: list[Any] = [config]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                name = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+                axis = node.get("spatial_axis")
+                if name in ("RandAxisFlipd", "RandAxisFlip") or (name in ("RandFlipd", "RandFlip") and axis is None):
+                    axes.update(range(spatial_dims))
+                elif name in ("RandFlipd", "RandFlip"):
+                    axes.update([axis] if isinstance(axis, int) else [a for a in axis if isinstance(a, int)] if isinstance(axis, list) else [])
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        return tuple(sorted(a for a in axes if 0 <= a < spatial_dims))
+
+    def segment_codes(self, class_names: Mapping[int, str] | None = None) -> dict[int, ClassInfo]:
+        """Foreground label value -> name and DICOM codes (:func:`medfcn.data.segment_codes.class_table`).
+
+        Raises:
+            BundleError: malformed ``medfcn.classes`` metadata.
+        """
+        from medfcn.data.segment_codes import class_table
+
+        return class_table(self.metadata, class_names)
 
     @property
     def stale_exports(self) -> list[str]:
@@ -85,28 +195,108 @@ class Bundle:
         """Whether the bundle has weights to run (``model.pt`` or ``model.ts``)."""
         return "model.pt" in self.weights or "model.ts" in self.weights
 
+    # -- configs
+    def config_file(self, name: str | os.PathLike[str] = "inference") -> Path:
+        """The path of a config: ``"inference"`` (``configs/inference.json``, ``.yaml`` or ``.yml``),
+        ``"train.json"`` (in ``configs/``) or a bundle-relative path such as ``"configs/inference.json"``.
 
-def load_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Describe the bundle at ``path``.
+        Raises:
+            BundleError: no such file.
+        """
+        text = str(name)
+        if "/" in text or os.sep in text:
+            path = self.root / text
+        elif Path(text).suffix in _SUFFIXES:
+            path = self.root / "configs" / text
+        else:
+            path = next(
+                (self.root / "configs" / f"{text}{s}" for s in _SUFFIXES if (self.root / "configs" / f"{text}{s}").is_file()),
+                self.root / "configs" / f"{text}.json",
+            )
+        if not path.is_file():
+            raise BundleError(f"{path}: config file not found in the bundle {self.root}")
+        return path
+
+    def parser(
+        self,
+        configs: str | Sequence[str] = "inference",
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        macros: bool = True,
+        writers: bool = False,
+    ) -> ConfigParser:
+        """A MONAI ``ConfigParser`` of ``configs`` (merged in order) with ``metadata.json`` as ``_meta_``.
+
+        Args:
+            configs: config name(s), see :meth:`config_file`.
+            overrides: ``{"id#key": value}`` set before anything is parsed; one whose top-level id the
+                config lacks is skipped (a bundle without a ``device`` id has nothing to point at it).
+            macros: resolve ``%configs/x.json#id`` macros now, from the bundle root.
+            writers: keep ``SaveImaged``/``SaveImage`` in ``postprocessing`` (by default they become
+                ``Identityd``: they would write files wherever the bundle's ``output_dir`` points).
+
+        Raises:
+            BundleError: a config is missing or is not a valid JSON/YAML object.
+        """
+        from monai.bundle.config_parser import ConfigParser
+
+        files = [self.config_file(c) for c in ([configs] if isinstance(configs, (str, os.PathLike)) else configs)]
+        parser = ConfigParser()
+        try:
+            parser.read_meta(str(self.root / "configs" / "metadata.json"))
+            parser.read_config([str(f) for f in files] if len(files) > 1 else str(files[0]))
+        except (OSError, ValueError) as err:
+            raise BundleError(f"cannot read {files[0]}: {one_line(err)}") from err
+        if not isinstance(parser.get(), dict):
+            raise BundleError(f"{files[0]}: expected a JSON object at the top level")
+        if not writers:
+            neutralise_writers(parser)
+        apply_overrides(parser, overrides or {})
+        if macros and _has_macro(parser.get()):
+            with working_directory(self.root):
+                parser.resolve_macro_and_relative_ids()
+        return parser
+
+    def config(self, configs: str | Sequence[str] = "inference", *, macros: bool = True) -> dict[str, Any]:
+        """The merged content of ``configs`` as a plain dict (a copy, without ``_meta_``; writers kept).
+
+        With ``macros`` it is self-contained (what an export embeds); without, it is the files' text.
+        """
+        config = copy.deepcopy(self.parser(configs, macros=macros, writers=True).get())
+        config.pop("_meta_", None)
+        return config
+
+    def working_directory(self) -> contextlib.AbstractContextManager[None]:
+        """Run the block from the bundle root (where its macros and relative paths resolve)."""
+        return working_directory(self.root)
+
+
+def load_bundle(path: str | os.PathLike[str] | Bundle) -> Bundle:
+    """Describe the bundle at ``path`` (a :class:`Bundle` is returned as it is).
 
     Raises:
-        BundleError: not a folder, no ``configs/metadata.json`` or ``configs/inference.json``, invalid JSON.
+        BundleError: not a folder, no ``configs/metadata.json`` or inference config, invalid JSON.
     """
+    if isinstance(path, Bundle):
+        return path
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise BundleError(f"{path}: not a folder; a bundle is a folder with configs/ and models/")
+    configs = {name: root / "configs" / name for name in _CONFIGS if (root / "configs" / name).is_file()}
+    for suffix in _SUFFIXES[1:]:
+        if "inference.json" not in configs and (root / "configs" / f"inference{suffix}").is_file():
+            configs[f"inference{suffix}"] = root / "configs" / f"inference{suffix}"
+    if not any(name.startswith("inference.") for name in configs):
+        raise BundleError(f"{root / 'configs' / 'inference.json'} not found: {path} is not a medfcn/MONAI bundle folder")
     meta_file = root / "configs" / "metadata.json"
     if not meta_file.is_file():
-        raise BundleError(f"{meta_file} not found: {path} is not a MONAI bundle")
+        raise BundleError(f"{meta_file} not found: {path} is not a medfcn/MONAI bundle folder")
     try:
         metadata = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise BundleError(f"{meta_file}: not valid JSON ({err})") from err
     if not isinstance(metadata, dict):
         raise BundleError(f"{meta_file}: expected a JSON object")
-    configs = {name: root / "configs" / name for name in _CONFIGS if (root / "configs" / name).is_file()}
-    if "inference.json" not in configs:
-        raise BundleError(f"{root / 'configs' / 'inference.json'} not found: a medfcn bundle needs it")
     weights = {
         name: root / "models" / name
         for name in ("model.pt", "model.ts", "model.onnx")
@@ -166,7 +356,7 @@ def copy_bundle(
     return out
 
 
-def save_random_weights(path: str | os.PathLike[str], seed: int = 0) -> Path:
+def save_random_weights(path: str | os.PathLike[str] | Bundle, seed: int = 0) -> Path:
     """Write ``models/model.pt`` with the seeded random initial weights of the bundle's ``network_def``.
 
     For what does not depend on weight values: speed and memory benchmarks, and tests of the plumbing
@@ -176,14 +366,9 @@ def save_random_weights(path: str | os.PathLike[str], seed: int = 0) -> Path:
         The path of the written ``model.pt``.
     """
     import torch
-    from monai.bundle import ConfigParser
 
     bundle = load_bundle(path)
-    parser = ConfigParser()
-    parser.read_meta(str(bundle.root / "configs" / "metadata.json"))
-    parser.read_config(str(bundle.configs["inference.json"]))
-    parser["bundle_root"] = str(bundle.root)
-    parser["device"] = "$torch.device('cpu')"
+    parser = bundle.parser("inference", {"bundle_root": str(bundle.root), "device": "$torch.device('cpu')"})
     torch.manual_seed(seed)
     net = parser.get_parsed_content("network_def", lazy=False)
     target = bundle.root / "models" / "model.pt"

@@ -41,8 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from medfcn._io import file_sha256
-from medfcn.errors import BundleError
+from medfcn._io import atomic_write_json, file_sha256
+from medfcn.bundle import Bundle, load_bundle
+from medfcn.errors import BundleError, one_line
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -117,33 +118,11 @@ class ExportResult:
 # ----------------------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    # MONAI resolves "%configs/x.json#id" macros relative to the working directory; bundles are written
-    # to be run from their root (as `python -m monai.bundle run` is), so resolve them from there.
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def _has_macro(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.startswith("%")
-    if isinstance(value, Mapping):
-        return any(_has_macro(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_macro(v) for v in value)
-    return False
-
-
-def resolved_inference_config(bundle: str | os.PathLike[str], config_file: str | Sequence[str]) -> dict:
+def resolved_inference_config(bundle: str | os.PathLike[str] | Bundle, config_file: str | Sequence[str]) -> dict:
     """The bundle's inference config as one self-contained dict (macros resolved, files merged).
 
     Args:
-        bundle: bundle directory.
+        bundle: bundle directory (or a :class:`~medfcn.bundle.Bundle`).
         config_file: config path(s) relative to the bundle (``"configs/inference.json"``, or a list
             merged in order the way ``monai.bundle run --config_file "['a.json','b.json']"`` merges).
 
@@ -153,30 +132,9 @@ def resolved_inference_config(bundle: str | os.PathLike[str], config_file: str |
     Raises:
         BundleError: a config file is missing or is not valid JSON/YAML.
     """
-    from monai.bundle import ConfigParser
-
-    root = Path(bundle).resolve()
     files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
-    paths = [root / f for f in files]
-    for path in paths:
-        if not path.is_file():
-            raise BundleError(f"{path}: config file not found; a medfcn bundle needs configs/inference.json")
-    parser = ConfigParser()
-    try:
-        parser.read_config([str(p) for p in paths] if len(paths) > 1 else str(paths[0]))
-    except (ValueError, OSError) as err:
-        raise BundleError(f"{paths[0]}: cannot read the config ({err})") from err
-    config = copy.deepcopy(parser.get())
-    if isinstance(config, dict) and _has_macro(config):
-        with _working_directory(root):
-            parser.resolve_macro_and_relative_ids()
-        config = copy.deepcopy(parser.get())
-    if not isinstance(config, dict):
-        raise BundleError(
-            f"{paths[0]}: expected a JSON object at the top level, found {type(config).__name__}"
-        )
-    config.pop("_meta_", None)
-    return config
+    b = load_bundle(bundle)
+    return b.config([str(b.root / f) for f in files])
 
 
 def _read_json(path: Path) -> dict:
@@ -206,13 +164,6 @@ def _staging(folder: Path) -> Iterator[Path]:
         for leftover in stage.iterdir():
             leftover.unlink()
         stage.rmdir()
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    with _staging(path.parent) as stage:
-        tmp = stage / path.name
-        tmp.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def _bump(version: str, how: Bump, path: Path) -> str:
@@ -417,8 +368,7 @@ def _export_and_check_onnx(
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    return f"{type(err).__name__}: {one_line(err)}" if str(err).strip() else type(err).__name__
 
 
 def load_torchscript_bundle(path: str | os.PathLike[str]) -> tuple[Any, dict, dict]:
@@ -629,7 +579,7 @@ def export_bundle(
                     bound if onnx_diff is not None else None,
                 )
             )
-        _write_json_atomic(meta_path, new_meta)
+        atomic_write_json(meta_path, new_meta, indent=4)
     return ExportResult(
         bundle=root,
         version=version,

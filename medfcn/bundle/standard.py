@@ -42,6 +42,7 @@ __all__ = [
     "STANDARD_IDS",
     "WRITER_TARGETS",
     "InferencePipeline",
+    "channel_def",
     "class_names_of",
     "collapse_channels",
     "inferer_updates",
@@ -67,7 +68,7 @@ Stage = Callable[..., Any]
 
 @dataclass
 class InferencePipeline:
-    """What :class:`medfcn.engine.inference.Segmenter` runs, built from a bundle's config.
+    """What :class:`medfcn.engine.segmenter.Segmenter` runs, built from a bundle's config.
 
     Attributes:
         preprocessing: the bundle's ``preprocessing`` (a ``Compose``).
@@ -96,35 +97,16 @@ class InferencePipeline:
 def open_config(
     bundle_root: str | os.PathLike[str], config_file: str | os.PathLike[str] | None = None
 ) -> ConfigParser:
-    """Parse ``configs/metadata.json`` and the inference config (nothing instantiated, writers neutralised).
+    """Parse ``configs/metadata.json`` and the inference config (nothing instantiated, writers neutralised):
+    :meth:`medfcn.bundle.Bundle.parser` without macro resolution.
 
     Raises:
-        BundleError: the config is missing or not valid JSON/YAML.
+        BundleError: not a bundle, or the config is missing or not valid JSON/YAML.
     """
-    from monai.bundle import ConfigParser
+    from medfcn.bundle import load_bundle
 
-    root = Path(bundle_root)
-    config = Path(config_file) if config_file is not None else _inference_file(root)
-    meta = root / "configs" / "metadata.json"
-    parser = ConfigParser()
-    try:
-        if meta.is_file():
-            parser.read_meta(str(meta))
-        parser.read_config(str(config))
-    except (OSError, ValueError) as err:
-        raise BundleError(f"cannot read {config}: {str(err).splitlines()[0] if str(err) else err}") from err
-    if not isinstance(parser.get(), dict):
-        raise BundleError(f"{config}: expected a JSON object at the top level")
-    neutralise_writers(parser)
-    return parser
-
-
-def _inference_file(root: Path) -> Path:
-    """``configs/inference.json`` (or ``.yaml``/``.yml``, which zoo bundles may ship instead)."""
-    for name in ("inference.json", "inference.yaml", "inference.yml"):
-        if (root / "configs" / name).is_file():
-            return root / "configs" / name
-    raise BundleError(f"{root / 'configs' / 'inference.json'} not found: {root} is not a MONAI bundle folder")
+    bundle = load_bundle(bundle_root)
+    return bundle.parser(str(Path(config_file).resolve()) if config_file is not None else "inference", macros=False)
 
 
 def _target_name(item: Any) -> str:
@@ -314,6 +296,15 @@ def _window(parser: ConfigParser, pre: list[Any], scale_type: Any) -> tuple[floa
     return None
 
 
+def channel_def(meta: Mapping[str, Any]) -> dict[int, str]:
+    """Output channel -> class name from ``network_data_format.outputs.pred.channel_def`` (``{}``: none)."""
+    try:
+        names = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+        return {int(k): str(v) for k, v in names.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
 def class_names_of(
     meta: Mapping[str, Any], out_channels: int | None, name: str, *, multilabel: bool = False
 ) -> dict[int, str]:
@@ -323,15 +314,11 @@ def class_names_of(
     (:func:`collapse_channels`). Where the metadata has none, ``background`` and ``class_<i>`` for
     ``out_channels`` classes, with a one-line warning.
     """
-    try:
-        channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-        names = {int(k): str(v) for k, v in channel_def.items()}
-        if names and multilabel:
-            return {0: "background", **{k + 1: v for k, v in sorted(names.items())}}
-        if names:
-            return names
-    except (KeyError, TypeError, ValueError, AttributeError):
-        pass
+    names = channel_def(meta)
+    if names and multilabel:
+        return {0: "background", **{k + 1: v for k, v in sorted(names.items())}}
+    if names:
+        return names
     n = int(out_channels or 2) + (1 if multilabel else 0)
     logger.warning(
         "%s: metadata.json has no network_data_format.outputs.pred.channel_def; classes named class_1..class_%d",

@@ -17,13 +17,18 @@ Example (``configs/inference.json``)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from monai.inferers import SlidingWindowInferer
 
-__all__ = ["MirroredSlidingWindowInferer"]
+from medfcn.errors import InputError
+
+__all__ = ["MirroredSlidingWindowInferer", "tta_axes"]
+
+logger = logging.getLogger(__name__)
 
 
 class MirroredSlidingWindowInferer(SlidingWindowInferer):
@@ -58,3 +63,28 @@ class MirroredSlidingWindowInferer(SlidingWindowInferer):
             total = total + torch.flip(mirrored, dims)
         out = total / (1 + len(self.mirror_axes))
         return out
+
+
+def tta_axes(
+    tta: bool | Sequence[int], spatial_dims: int, mirrored: Sequence[int], trained: Sequence[int] | None = None
+) -> tuple[int, ...] | None:
+    """The spatial axes :class:`medfcn.engine.segmenter.Segmenter` mirrors itself (``--tta``): ``None`` = none.
+
+    ``tta=True`` means the axes the bundle's training flipped (``trained``; every axis when unknown): a
+    mirror image along another axis is an anatomy the network never saw (left and right swapped for a
+    liver, anterior and posterior swapped for a hippocampus). ``mirrored``: axes the bundle's own inferer
+    mirrors already (:class:`medfcn.engine.inferers.MirroredSlidingWindowInferer`), never doubled.
+    """
+    if tta is False or tta is None:
+        return None
+    requested = (tuple(range(spatial_dims)) if trained is None else tuple(trained)) if tta is True else tuple(int(a) for a in tta)
+    if any(a < 0 or a >= spatial_dims for a in requested) or len(set(requested)) != len(requested):
+        raise InputError(f"tta axes must be distinct spatial axes in 0..{spatial_dims - 1}, got {list(requested)}")
+    axes = tuple(a for a in requested if a not in mirrored)
+    if tta is True and not axes:
+        logger.warning(
+            "--tta: nothing to add: the bundle's training flipped no other axis%s, and a mirror image along an "
+            "axis it never flipped would show the network an anatomy it never learned",
+            f" than its inferer mirrors ({list(mirrored)})" if mirrored else "",
+        )
+    return axes

@@ -46,7 +46,7 @@ from monai.handlers import CheckpointLoader, ValidationHandler, from_engine
 from monai.utils.enums import CommonKeys as Keys
 
 from medfcn._io import atomic_write, atomic_write_json
-from medfcn.bundle.export import _working_directory
+from medfcn.bundle import working_directory as _working_directory
 from medfcn.errors import BundleError, DataError, InputError
 from medfcn.runtime import autocast_dtype  # the one autocast-dtype rule, shared with inference
 from medfcn.runtime import resolve_device as _resolve_device

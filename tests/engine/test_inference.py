@@ -1,25 +1,27 @@
-"""Segmenter: the bundle's pipeline run once per scan, results in the scan's own geometry."""
+"""segment_folder: a mixed scan folder in, aligned masks/SEGs/stats/summaries out; safe and resumable."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from _inference_support import (
-    ThresholdNet,
-    copy_bundle,
-    hu_to_input,
-    oblique_affine,
-    sphere_volume,
-    window,
-    world_com,
-)
+from _inference_support import ThresholdNet, copy_bundle, hu_to_input, tree_digest
 
-from medfcn.engine.inference import Prediction, Segmenter
-from medfcn.errors import BundleError, InputError
+from medfcn.data.synthetic import make_phantom, write_dicom_series
+from medfcn.engine import inference
+from medfcn.engine.inference import CASE_FILES, Segmenter, segment_folder
+from medfcn.errors import InputError
+from medfcn.outputs.case import save_nifti
+
+T1_HU, T2_HU = 30.0, 200.0  # the fixed predictor: soft tissue and brighter -> 1, bone/contrast -> 2
 
 
 @pytest.fixture(scope="module")
@@ -28,178 +30,313 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sphere_case(tmp_path_factory: pytest.TempPathFactory, bundle: Path) -> dict:
-    """An oblique, anisotropic, axis-flipped volume with one bright sphere, saved as NIfTI."""
+def segmenter(bundle: Path) -> Segmenter:
     probe = Segmenter(bundle, device="cpu", network=ThresholdNet(0.0, 1.0))
-    lo, hi = window(probe)
-    shape = (41, 35, 19)
-    affine = oblique_affine((0.9, 1.3, 3.1))
-    centre_voxel = np.array([22.3, 15.6, 10.2])
-    centre = affine[:3, :3] @ centre_voxel + affine[:3, 3]
-    sphere = sphere_volume(shape, affine, centre, radius_mm=11.0)
-    image = np.where(sphere, hi + 100.0, lo - 100.0).astype(np.float32)
-    path = tmp_path_factory.mktemp("sphere") / "sphere.nii.gz"
-    nib.save(nib.Nifti1Image(image, affine), str(path))
-    # threshold half-way between the two (clipped) input values; class 2 never fires
-    mid = 0.5 * (hu_to_input(probe, lo - 100.0) + hu_to_input(probe, hi + 100.0))
-    return {"path": path, "image": image, "affine": affine, "sphere": sphere, "centre": centre, "t1": mid}
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
-
-
-def test_oblique_anisotropic_sphere_lands_where_it_is(bundle: Path, sphere_case: dict) -> None:
-    seg = Segmenter(bundle, device="cpu", network=ThresholdNet(sphere_case["t1"], 1e6))
-    pred = seg(sphere_case["path"])
-    assert isinstance(pred, Prediction)
-    affine = sphere_case["affine"]
-    assert tuple(pred.label.shape) == (1, *sphere_case["image"].shape)
-    assert pred.label.dtype == torch.uint8
-    np.testing.assert_allclose(pred.affine, affine, atol=1e-4)  # nibabel stores float32
-    mask = pred.label[0].numpy() > 0
-    assert set(np.unique(pred.label.numpy())) <= {0, 1}
-    com = world_com(mask, affine)
-    expected = world_com(sphere_case["sphere"], affine)
-    voxel = 0.9  # the finest spacing
-    assert np.linalg.norm(com - expected) < voxel, (com, expected)
-    assert np.linalg.norm(com - sphere_case["centre"]) < voxel
-    assert _dice(mask, sphere_case["sphere"]) > 0.9
-    # the source image comes back on the same grid, in HU
-    np.testing.assert_allclose(pred.image[0].numpy(), sphere_case["image"], atol=1e-3)
-
-
-def test_in_memory_metatensor_matches_the_file(bundle: Path, sphere_case: dict) -> None:
-    from monai.data import MetaTensor
-
-    seg = Segmenter(bundle, device="cpu", network=ThresholdNet(sphere_case["t1"], 1e6))
-    img = nib.load(sphere_case["path"])  # float32 affine, exactly what the file path gives
-    mt = MetaTensor(torch.as_tensor(np.asarray(img.dataobj)), affine=torch.as_tensor(img.affine))
-    from_file, from_memory = seg(sphere_case["path"]), seg(mt)
-    np.testing.assert_allclose(from_memory.affine, from_file.affine, atol=1e-6)
-    assert _dice(from_memory.label.numpy() > 0, from_file.label.numpy() > 0) > 0.98
-    chan = seg(MetaTensor(torch.as_tensor(np.asarray(img.dataobj))[None], affine=torch.as_tensor(img.affine)))
-    assert tuple(chan.label.shape) == tuple(from_file.label.shape)
-    with pytest.raises(InputError, match=r"\(X, Y, Z\)"):
-        seg(MetaTensor(torch.zeros(4, 4)))
-
-
-def test_non_finite_voxels_are_replaced_counted_and_not_spread(bundle: Path, sphere_case: dict) -> None:
-    from monai.data import MetaTensor
-
-    seg = Segmenter(bundle, device="cpu", network=ThresholdNet(sphere_case["t1"], 1e6))
-    affine = torch.as_tensor(sphere_case["affine"])
-    clean = seg(MetaTensor(torch.as_tensor(sphere_case["image"]), affine=affine))
-    assert clean.nonfinite_voxels == 0
-    bad = torch.as_tensor(sphere_case["image"]).clone()
-    bad[0, 0, :] = float("nan")
-    bad[1, 1, :] = float("inf")
-    bad[22, 15, :] = float("-inf")  # a line through the sphere
-    given = MetaTensor(bad.clone(), affine=affine)
-    pred = seg(given)
-    assert pred.nonfinite_voxels == 3 * bad.shape[2]
-    assert torch.equal(torch.isnan(given.as_tensor()), torch.isnan(bad))  # the caller's tensor is untouched
-    assert torch.isfinite(pred.image).all() and pred.probabilities is not None
-    assert torch.isfinite(pred.probabilities).all()
-    away = np.ones(bad.shape, bool)
-    away[:2, :2, :] = False
-    away[21:24, 14:17, :] = False
-    assert (pred.label[0].numpy()[away] == clean.label[0].numpy()[away]).mean() > 0.99
-    with pytest.raises(InputError, match="no finite voxel"):
-        seg(MetaTensor(torch.full((8, 8, 8), float("nan")), affine=affine))
-
-
-def test_probabilities_and_flip_tta(bundle: Path, sphere_case: dict) -> None:
-    net = ThresholdNet(sphere_case["t1"], 1e6, gain=3.0)  # soft, so the probabilities are informative
-    plain = Segmenter(bundle, device="cpu", network=net)(sphere_case["path"])
-    mirrored = Segmenter(bundle, device="cpu", network=net, tta=(0, 1, 2))
-    assert mirrored.tta and mirrored.tta_axes == (0, 1, 2)
-    tta = mirrored(sphere_case["path"])
-    assert plain.probabilities is not None and tta.probabilities is not None
-    assert tuple(plain.probabilities.shape) == (3, *sphere_case["image"].shape)
-    np.testing.assert_allclose(plain.probabilities.sum(0).numpy(), 1.0, atol=1e-4)
-    # a flip-equivariant predictor gives the same answer with and without flip averaging
-    np.testing.assert_allclose(tta.probabilities.numpy(), plain.probabilities.numpy(), atol=1e-4)
-    np.testing.assert_array_equal(tta.label.numpy(), plain.label.numpy())
-    no_probs = Segmenter(bundle, device="cpu", network=net, keep_probabilities=False)(sphere_case["path"])
-    assert no_probs.probabilities is None
-
-
-def test_label_is_the_bundles_own_postprocessing(bundle: Path, sphere_case: dict) -> None:
-    """The mask equals the bundle's chain run by hand (what `monai.bundle run` and Deploy compute), also along
-    the border of the foreground crop, where the reported probabilities are completed with background."""
-    net = ThresholdNet(-1.0, 1e6)  # class 1 everywhere inside the crop box: its border decides the mask
-    seg = Segmenter(bundle, device="cpu", network=net)
-    pred = seg(sphere_case["path"])
-    d = seg.preprocessing({"image": str(sphere_case["path"])})
-    with torch.inference_mode():
-        logits = seg.inferer(d["image"].as_tensor()[None], net)
-        d["pred"] = seg.post_activation({"pred": torch.as_tensor(logits)[0]})["pred"]
-        raw = seg.post_invert(d)["pred"]
-        expected = seg.post_discrete({"pred": raw})["pred"]
-    np.testing.assert_array_equal(pred.label.numpy(), np.asarray(expected).astype(np.uint8))
-    raw_sum = np.asarray(raw).sum(0)
-    assert ((raw_sum > 0.01) & (raw_sum < 0.99)).any()  # the case has a crop border
-    assert pred.probabilities is not None
-    np.testing.assert_allclose(pred.probabilities.sum(0).numpy(), 1.0, atol=1e-4)
-
-
-def test_bundle_weights_options_and_bf16(bundle: Path, sphere_case: dict) -> None:
-    seg = Segmenter(bundle, device="cpu", sw_batch_size=3, overlap=0.5)
-    assert seg.weights == "models/model.pt" and seg.device == torch.device("cpu")
-    assert seg.inferer.sw_batch_size == 3 and seg.inferer.overlap == pytest.approx(0.5)
-    saved = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    name, tensor = next(iter(saved.items()))
-    assert torch.equal(seg.network.state_dict()[name].cpu(), tensor)
-    assert seg.class_names[1] == "liver" and seg.name == "liver"
-    pred = seg(sphere_case["path"])
-    assert set(np.unique(pred.label.numpy())) <= set(seg.class_names)
-    bf16 = Segmenter(bundle, device="cpu", amp=True)
-    assert bf16.amp_dtype == torch.bfloat16
-    agree = (bf16(sphere_case["path"]).label == pred.label).float().mean().item()
-    assert agree > 0.9
-    assert seg.describe()["sw_batch_size"] == 3
-
-
-def test_torchscript_fallback(bundle: Path, sphere_case: dict, tmp_path: Path) -> None:
-    ts_bundle = copy_bundle(tmp_path / "ts", weights=True)
-    ref = Segmenter(ts_bundle, device="cpu")
-    patch = [int(s) for s in ref.inferer.roi_size]
-    traced = torch.jit.trace(ref.network.eval(), torch.zeros(1, 1, *patch))
-    traced.save(str(ts_bundle / "models" / "model.ts"))
-    (ts_bundle / "models" / "model.pt").unlink()
-    ts = Segmenter(ts_bundle, device="cpu")
-    assert ts.weights == "models/model.ts"
-    np.testing.assert_allclose(
-        ts(sphere_case["path"]).probabilities.numpy(),
-        ref(sphere_case["path"]).probabilities.numpy(),
-        atol=1e-4,
+    return Segmenter(
+        bundle, device="cpu", network=ThresholdNet(hu_to_input(probe, T1_HU), hu_to_input(probe, T2_HU))
     )
 
 
-def test_clear_errors(bundle: Path, tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="not a medfcn/MONAI bundle"):
-        Segmenter(tmp_path, device="cpu")
-    empty = copy_bundle(tmp_path / "noweights", weights=False)
-    with pytest.raises(BundleError, match=r"has no weights \(models/model.pt"):
-        Segmenter(empty, device="cpu")
-    torch.save({"conv.weight": torch.zeros(1)}, empty / "models" / "model.pt")
-    with pytest.raises(BundleError, match="does not match the network_def"):
-        Segmenter(empty, device="cpu")
-    (empty / "models" / "model.pt").write_bytes(b"garbage")
-    with pytest.raises(BundleError, match="not a readable PyTorch weights file"):
-        Segmenter(empty, device="cpu")
-    with pytest.raises(InputError, match="unknown device"):
-        Segmenter(bundle, device="tpu:0")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA is not available"):
-            Segmenter(bundle, device="cuda")
-    with pytest.raises(InputError, match="overlap"):
-        Segmenter(bundle, device="cpu", overlap=1.0)
-    seg = Segmenter(bundle, device="cpu")
-    with pytest.raises(InputError, match=r"cannot read missing\.nii\.gz"):
-        seg(tmp_path / "missing.nii.gz")
-    two = tmp_path / "two_phase.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((12, 12, 8, 2), np.float32), np.eye(4)), str(two))
-    with pytest.raises(InputError, match="expects 1 input channel"):
-        seg(two)
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two DICOM series (one oblique), two NIfTI files (one int16, one oblique float) and junk."""
+    root = tmp_path_factory.mktemp("scans") / "SCANS"
+    phantoms = {}
+    ph = make_phantom((40, 36, 14), seed=11, orientation="lps", noise_hu=0.0)
+    write_dicom_series(ph.image, ph.affine, root / "study1" / "series_a", seed=11)
+    phantoms["dicom_a"] = ph
+    ph = make_phantom((36, 40, 12), seed=12, orientation="random", max_oblique_deg=10.0, noise_hu=0.0)
+    write_dicom_series(
+        ph.image, ph.affine, root / "study2" / "series b", seed=12, reverse_instance_numbers=True
+    )
+    phantoms["dicom_b"] = ph
+    ph = make_phantom((38, 34, 16), seed=13, orientation="random", noise_hu=0.0)
+    (root / "nifti").mkdir(parents=True)
+    nib.save(
+        nib.Nifti1Image(np.rint(ph.image).astype(np.int16), ph.affine), str(root / "nifti" / "ct_one.nii.gz")
+    )
+    phantoms["ct_one"] = ph
+    ph = make_phantom(
+        (33, 37, 15),
+        seed=14,
+        orientation="random",
+        max_oblique_deg=12.0,
+        spacing=(0.9, 0.9, 3.3),
+        noise_hu=0.0,
+    )
+    nib.save(nib.Nifti1Image(ph.image, ph.affine), str(root / "ct_two.nii.gz"))
+    phantoms["ct_two"] = ph
+    (root / "notes.txt").write_text("not a scan\n")
+    (root / "study1" / "README").write_text("junk\n")
+    (root / "broken.dcm").write_bytes(b"\x00" * 50)
+    return {"root": root, "phantoms": phantoms}
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _agreement(mask: np.ndarray, mask_affine: np.ndarray, ph: object) -> float:
+    """Fraction of mask voxels whose foreground matches thresholding the phantom at the same world point."""
+    ijk = np.indices(mask.shape).reshape(3, -1).astype(np.float64)
+    world = mask_affine[:3, :3] @ ijk + mask_affine[:3, 3:4]
+    inv = np.linalg.inv(ph.affine)  # type: ignore[attr-defined]
+    src = np.rint(inv[:3, :3] @ world + inv[:3, 3:4]).astype(int)
+    image = ph.image  # type: ignore[attr-defined]
+    inside = np.all((src >= 0) & (src < np.array(image.shape)[:, None]), axis=0)
+    expected = image[src[0, inside], src[1, inside], src[2, inside]] > T1_HU
+    return float(((mask.reshape(-1)[inside] > 0) == expected).mean())
+
+
+def test_mixed_folder_end_to_end(segmenter: Segmenter, scans: dict, tmp_path: Path) -> None:
+    import highdicom as hd
+    import pydicom
+    from PIL import Image
+
+    root: Path = scans["root"]
+    before = tree_digest(root)
+    out = tmp_path / "RESULTS"
+    summary = segment_folder(segmenter, root, out, progress=False, volume_ranges_ml={"liver": (1.0, 5000.0)})
+    assert tree_digest(root) == before  # inputs are only read
+
+    assert summary.ok == 4 and summary.failed == 0, [(c.source, c.status, c.reason) for c in summary.cases]
+    assert summary.skipped >= 2  # the text files (and the broken .dcm) are reported, not fatal
+    skipped_sources = {c.source for c in summary.cases if c.status == "skipped"}
+    assert "notes.txt" in skipped_sources
+    ok = {c.source: c for c in summary.cases if c.status == "ok"}
+    assert set(ok) == {"study1/series_a", "study2/series b", "nifti/ct_one.nii.gz", "ct_two.nii.gz"}
+
+    for source, row in ok.items():
+        case_dir = out / row.id
+        names = {p.name for p in case_dir.iterdir()}
+        expected = {"mask.nii.gz", "preview.png", "stats.json", "done.json"} | (
+            {"seg.dcm", "rtstruct.dcm"} if row.kind == "dicom" else set()
+        )
+        assert names == expected, (source, names)
+        mask_img = nib.load(str(case_dir / "mask.nii.gz"))
+        mask = np.asarray(mask_img.dataobj)
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
+        if row.kind == "nifti":  # the mask has the input's own grid
+            src_img = nib.load(str(root / source))
+            assert mask.shape == src_img.shape
+            np.testing.assert_allclose(mask_img.affine, src_img.affine, atol=1e-5)
+        key = {"study1/series_a": "dicom_a", "study2/series b": "dicom_b"}.get(
+            source, Path(source).name.split(".")[0]
+        )
+        ph = scans["phantoms"][key]
+        # the thresholding predictor's mask overlays the scan it came from (world coordinates)
+        agreement = _agreement(mask, mask_img.affine, ph)
+        assert agreement > 0.93, source
+        if row.kind == "dicom":
+            assert sorted(mask.shape) == sorted(ph.image.shape)
+            assert (
+                abs(abs(np.linalg.det(mask_img.affine[:3, :3])) - abs(np.linalg.det(ph.affine[:3, :3])))
+                < 1e-3
+            )
+
+        stats = json.loads((case_dir / "stats.json").read_text())
+        vox_ml = abs(np.linalg.det(mask_img.affine[:3, :3])) / 1000.0
+        for name, value in (("liver", 1), ("tumour", 2)):
+            count = int((mask == value).sum())
+            assert stats["classes"][name]["voxels"] == count
+            assert stats["classes"][name]["volume_ml"] == pytest.approx(count * vox_ml, rel=1e-5)
+            assert row.volumes_ml[name] == pytest.approx(count * vox_ml, rel=1e-5)
+        assert stats["classes"]["liver"]["voxels"] > 0 and stats["classes"]["tumour"]["voxels"] > 0
+        assert stats["classes"]["tumour"]["mean_intensity"] > T2_HU - 50  # class 2 is the bright voxels
+        done = json.loads((case_dir / "done.json").read_text())
+        assert done["id"] == row.id and "mask.nii.gz" in done["files"]
+        preview = Image.open(case_dir / "preview.png")
+        assert preview.format == "PNG" and preview.height > 100 and preview.width > 3 * preview.height
+
+        if row.kind == "dicom":
+            seg = hd.seg.segread(case_dir / "seg.dcm")
+            series_dir = root / source
+            sources = {
+                pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
+                for p in sorted(series_dir.iterdir())
+            }
+            assert (
+                seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+                == pydicom.dcmread(next(iter(sources.values())), stop_before_pixels=True).SeriesInstanceUID
+            )
+            referenced = [u for _, _, u in seg.get_source_image_uids()]
+            assert set(referenced) <= set(sources) and referenced
+            for fg in seg.PerFrameFunctionalGroupsSequence:
+                uid = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                src = pydicom.dcmread(sources[uid])
+                assert np.allclose(
+                    [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient],
+                    [float(v) for v in src.ImagePositionPatient],
+                )
+                # the frame's pixels agree with thresholding the very source image they reference
+                number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                got = seg.get_pixels_by_source_instance(
+                    [uid], segment_numbers=[number], ignore_spatial_locations=True
+                )[0, :, :, 0]
+                hu = src.pixel_array * float(src.RescaleSlope) + float(src.RescaleIntercept)
+                want = (hu > T2_HU) if number == 2 else ((hu > T1_HU) & (hu <= T2_HU))
+                assert (got.astype(bool) == want).mean() > 0.9
+
+    rows = _rows(out)
+    assert {r["status"] for r in rows} == {"ok", "skipped"}
+    assert {"id", "source", "kind", "status", "reason", "seconds", "liver_ml", "tumour_ml"} <= set(rows[0])
+    assert json.loads((out / "summary.json").read_text())["cases"][0]["status"] == "ok"
+    run = json.loads((out / "run.json").read_text())
+    assert run["bundle"]["name"] == "liver" and run["device"] == "cpu"
+    assert {"medfcn", "monai", "torch"} <= set(run["versions"]) and run["counts"]["ok"] == 4
+    assert run["timings"]["total_s"] > 0
+    # nothing but the results: no temp files anywhere, no names taken from patient data
+    assert not [p for p in out.rglob(".*")]
+    assert "SYNTHETIC" not in " ".join(str(p) for p in out.rglob("*"))
+
+    # a second run keeps everything and redoes nothing
+    again = segment_folder(segmenter, root, out, progress=False)
+    assert again.ok == 4 and all("earlier run" in c.reason for c in again.cases if c.status == "ok")
+    assert {c.id: c.volumes_ml for c in again.cases if c.status == "ok"} == {
+        c.id: pytest.approx(c.volumes_ml) for c in summary.cases if c.status == "ok"
+    }
+
+
+def test_interrupted_run_resumes_with_no_corrupt_outputs(
+    segmenter: Segmenter, scans: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    real_write = inference.write_case
+    calls = {"n": 0}
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second case: its mask is written, then the run is killed
+            case_dir = args[3]
+            save_nifti(case_dir / CASE_FILES["mask"], np.zeros((2, 2, 2), np.uint8), np.eye(4))  # type: ignore[operator]
+            (case_dir / ".stats.abc.tmp.json").write_text("{")  # type: ignore[operator]
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "write_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        segment_folder(segmenter, scans["root"], out, progress=False)
+    done = [p.parent for p in out.glob("*/done.json")]
+    assert len(done) == 1
+    # the interrupted case left nothing behind: no half-written mask, no temp files
+    leftovers = [p for p in out.iterdir() if p.is_dir() and p not in done]
+    assert all(not any(p.iterdir()) for p in leftovers)
+    assert not (out / "summary.csv").exists()
+
+    monkeypatch.setattr(inference, "write_case", real_write)
+    first_mtime = (done[0] / "mask.nii.gz").stat().st_mtime_ns
+    summary = segment_folder(segmenter, scans["root"], out, progress=False)
+    assert summary.ok == 4 and summary.failed == 0
+    assert (done[0] / "mask.nii.gz").stat().st_mtime_ns == first_mtime  # kept, not redone
+    for case_dir in (out / c.id for c in summary.cases if c.status == "ok"):
+        assert (case_dir / "done.json").is_file()
+        assert np.asarray(nib.load(str(case_dir / "mask.nii.gz")).dataobj).ndim == 3
+        json.loads((case_dir / "stats.json").read_text())
+    assert not list(out.rglob(".*"))
+
+    redo = segment_folder(segmenter, scans["root"], out, progress=False, overwrite=True, previews=False)
+    assert redo.ok == 4 and all(c.reason == "" for c in redo.cases if c.status == "ok")
+    assert (done[0] / "mask.nii.gz").stat().st_mtime_ns != first_mtime
+    assert not (done[0] / "preview.png").exists()
+
+
+def test_a_failing_case_is_reported_and_the_others_finish(
+    segmenter: Segmenter, scans: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_predict = Segmenter.predict
+    seen: list[int] = []
+
+    def flaky(self: Segmenter, loaded: object) -> object:
+        seen.append(1)
+        if len(seen) == 2:
+            raise RuntimeError("simulated out of memory")
+        return real_predict(self, loaded)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Segmenter, "predict", flaky)
+    out = tmp_path / "out"
+    summary = segment_folder(segmenter, scans["root"], out, progress=False, save_probabilities=True)
+    assert summary.ok == 3 and summary.failed == 1
+    bad = next(c for c in summary.cases if c.status == "failed")
+    assert bad.reason == "RuntimeError: simulated out of memory"
+    assert not (out / bad.id).exists()  # no partial output
+    good = next(c for c in summary.cases if c.status == "ok")
+    probs = nib.load(str(out / good.id / "probabilities.nii.gz"))
+    assert probs.shape[-1] == 3 and probs.shape[:3] == nib.load(str(out / good.id / "mask.nii.gz")).shape
+    assert [r["status"] for r in _rows(out)].count("failed") == 1
+
+
+def test_single_file_list_file_and_refusals(segmenter: Segmenter, scans: dict, tmp_path: Path) -> None:
+    root: Path = scans["root"]
+    one = segment_folder(segmenter, root / "ct_two.nii.gz", tmp_path / "one", progress=False, previews=False)
+    assert [c.id for c in one.cases if c.status == "ok"] == ["ct_two"]
+    series = segment_folder(segmenter, root / "study1" / "series_a", tmp_path / "series", progress=False)
+    assert series.ok == 1 and (tmp_path / "series" / series.cases[0].id / "seg.dcm").is_file()
+
+    listing = tmp_path / "cases.txt"
+    listing.write_text(
+        f"# two scans\n{root / 'nifti' / 'ct_one.nii.gz'}\n\n{root / 'study2' / 'series b'}\n{tmp_path / 'gone.nii.gz'}\n"
+    )
+    listed = segment_folder(segmenter, listing, tmp_path / "listed", progress=False, previews=False)
+    assert listed.ok == 2
+    assert any(c.status == "skipped" and "does not exist" in c.reason for c in listed.cases)
+
+    # one scan file: results may go beside it (only the file itself is input), and the file is untouched
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    (beside / "ct_two.nii.gz").write_bytes((root / "ct_two.nii.gz").read_bytes())
+    digest = tree_digest(beside)
+    next_to = segment_folder(segmenter, beside / "ct_two.nii.gz", beside / "results", progress=False)
+    assert next_to.ok == 1 and (beside / "results" / "ct_two" / "done.json").is_file()
+    assert {k: v for k, v in tree_digest(beside).items() if not k.startswith("results")} == digest
+
+    with pytest.raises(InputError, match="inside the input"):
+        segment_folder(segmenter, root, root / "results", progress=False)
+    assert not (root / "results").exists()
+    with pytest.raises(InputError, match="does not exist"):
+        segment_folder(segmenter, tmp_path / "nowhere", tmp_path / "x", progress=False)
+
+
+@pytest.mark.slow
+def test_killed_subprocess_resumes(bundle: Path, scans: dict, tmp_path: Path) -> None:
+    """A real SIGKILL mid-folder (the CLI in a subprocess), then the same command again."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "medfcn", "infer", "--bundle", str(bundle), "--input", str(scans["root"]),
+           "--output", str(out), "--device", "cpu", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*/done.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    finished_first = len(list(out.glob("*/done.json")))
+    assert finished_first >= 1
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in _rows(out) if r["status"] == "ok"]
+    assert len(rows) == 4
+    assert sum("earlier run" in r["reason"] for r in rows) >= finished_first
+    for r in rows:
+        assert np.asarray(nib.load(str(out / r["id"] / "mask.nii.gz")).dataobj).ndim == 3
+    assert not list(out.rglob(".*"))
+
+
+@pytest.mark.slow
+def test_torchrun_splits_cases_across_two_ranks(bundle: Path, scans: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "medfcn",
+           "infer", "--bundle", str(bundle), "--input", str(scans["root"]), "--output", str(out),
+           "--device", "cpu", "--quiet", "--no-previews"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(out)
+    assert sum(r["status"] == "ok" for r in rows) == 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["world_size"] == 2 and run["counts"]["ok"] == 4
+    for r in rows:
+        if r["status"] == "ok":
+            assert (out / r["id"] / "done.json").is_file()

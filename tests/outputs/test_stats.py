@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medfcn.engine.stats import case_stats, voxel_volume_ml
+from medfcn.outputs.stats import case_stats, voxel_volume_ml
 
 CLASSES = {0: "background", 1: "liver", 2: "tumour"}
 
@@ -120,7 +120,7 @@ def _entropy_reference(probs: np.ndarray, where: np.ndarray) -> float:
 @pytest.mark.parametrize("slab", [1, 3, 8, 64])
 def test_normalised_entropy_matches_the_formula_over_slabs(slab: int) -> None:
     """Slabs of the first axis (17 planes: none of the slab sizes divides it), exact zeros and ones."""
-    from medfcn.engine.stats import _normalised_entropy
+    from medfcn.outputs.stats import _normalised_entropy
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 17, 9, 11)) * 3
@@ -144,7 +144,7 @@ def test_normalised_entropy_matches_the_formula_over_slabs(slab: int) -> None:
 def test_largest_component_fraction_of_components_touching_the_borders() -> None:
     """The components are labelled inside the mask's bounding box: components on the volume's edges and
     corners (where the box is the whole volume on some axes) are counted right."""
-    from medfcn.engine.stats import _largest_component_fraction
+    from medfcn.outputs.stats import _largest_component_fraction
 
     mask = np.zeros((20, 15, 12), bool)
     mask[0:4, 0:3, 0:2] = True  # 24 voxels at the origin corner

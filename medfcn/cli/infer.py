@@ -151,6 +151,9 @@ def infer(
     """
     import os
 
+    from medfcn._monai import light_monai
+
+    light_monai()  # a fresh `medfcn infer` process imports MONAI's parts, not its face (seconds)
     from medfcn.engine.inference import segment_folder
 
     if input.is_dir() and (output == input or input in output.parents):

@@ -130,3 +130,18 @@ def test_device_auto_falls_back_to_the_cpu_with_one_warning(
     assert len(lines) == 1 and "running on the CPU" in lines[0] and "\n" not in lines[0]
     monkeypatch.setattr(runtime, "_mps_available", lambda: True)
     assert resolve_device("auto") == torch.device("mps")
+
+
+def test_torchrun_rank_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medfcn.runtime import is_rank0, process_group, rank_and_world
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert rank_and_world() == (0, 1) and is_rank0()
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert rank_and_world() == (2, 4) and not is_rank0()
+    with process_group(1):  # one process: no group is made
+        import torch.distributed as dist
+
+        assert not dist.is_initialized()

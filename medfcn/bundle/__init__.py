@@ -245,6 +245,8 @@ class Bundle:
         try:
             parser.read_meta(str(self.root / "configs" / "metadata.json"))
             parser.read_config([str(f) for f in files] if len(files) > 1 else str(files[0]))
+        except (AttributeError, TypeError):  # MONAI merges files with dict methods: not an object
+            raise BundleError(f"{files[0]}: expected a JSON object at the top level") from None
         except (OSError, ValueError) as err:
             raise BundleError(f"cannot read {files[0]}: {one_line(err)}") from err
         if not isinstance(parser.get(), dict):

@@ -1,30 +1,35 @@
-"""Start-up: ``medfcn --help`` loads neither PyTorch nor MONAI, ``medfcn info`` not MONAI (import checks in a
-fresh interpreter; no timing is asserted)."""
+"""Start-up: ``medfcn --help`` loads neither PyTorch nor MONAI, ``medfcn info`` not MONAI, importing the
+inference modules loads no framework, and a one-case ``medfcn infer`` imports only what inference needs
+(import checks in a fresh interpreter; no timing is asserted)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 _PROBE = """
-import json, sys
+import json, os, sys
 sys.argv = ["medfcn", *sys.argv[1:]]
 from medfcn.cli.main import app
 try:
     app()
 except SystemExit:
     pass
-heavy = ("torch", "monai", "numpy", "mlflow", "pydicom", "highdicom", "SimpleITK", "nibabel")
+heavy = json.loads(os.environ["PROBE_NAMES"])
 print(json.dumps({name: name in sys.modules for name in heavy}))
 """
+_HEAVY = ("torch", "monai", "numpy", "mlflow", "pydicom", "highdicom", "SimpleITK", "nibabel")
 
 
-def _loaded(*args: str) -> dict[str, bool]:
+def _loaded(*args: str, names: tuple[str, ...] = _HEAVY) -> dict[str, bool]:
+    env = {**os.environ, "PROBE_NAMES": json.dumps(names)}
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=600, check=False, env=env
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -39,3 +44,39 @@ def test_help_imports_neither_torch_nor_monai(args: tuple[str, ...]) -> None:
 def test_info_imports_torch_but_not_monai() -> None:
     loaded = _loaded("info")
     assert loaded["torch"] and not loaded["monai"], loaded
+
+
+def test_importing_inference_loads_no_framework() -> None:
+    """``medfcn.engine.inference`` (and ``medfcn.Segmenter``) import PyTorch and MONAI only when a model is built."""
+    code = (
+        "import json, sys\n"
+        "import medfcn.engine.inference, medfcn.engine.segmenter, medfcn.outputs, medfcn.bundle\n"
+        "heavy = ('torch', 'monai', 'mlflow', 'pydicom', 'highdicom', 'SimpleITK', 'nibabel', 'scipy')\n"
+        "print(json.dumps({name: name in sys.modules for name in heavy}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not any(loaded.values()), loaded
+
+
+_UNNEEDED = ("mlflow", "monai.handlers", "monai.engines", "monai.apps.auto3dseg", "ignite", "pandas", "matplotlib")
+
+
+def test_one_case_infer_imports_only_what_inference_needs(tmp_path: Path) -> None:
+    """A fresh ``medfcn infer`` skips MONAI's package face and its unused optional imports, and still works."""
+    import nibabel as nib
+    import numpy as np
+
+    scan = tmp_path / "scan.nii.gz"
+    data = np.random.default_rng(0).normal(100.0, 30.0, (21, 25, 17)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), str(scan))
+    out = tmp_path / "out"
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "hippocampus"
+    loaded = _loaded(
+        "infer", "--bundle", str(bundle), "--input", str(scan), "--output", str(out), "--device", "cpu", "-q",
+        names=_UNNEEDED,
+    )
+    assert (out / "scan" / "done.json").is_file() and (out / "scan" / "mask.nii.gz").is_file()
+    assert json.loads((out / "run.json").read_text())["versions"]["monai"]
+    assert not any(loaded.values()), loaded

@@ -203,3 +203,14 @@ def test_clear_errors(bundle: Path, tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.zeros((12, 12, 8, 2), np.float32), np.eye(4)), str(two))
     with pytest.raises(InputError, match="expects 1 input channel"):
         seg(two)
+
+
+def test_a_bundle_object_is_accepted_like_its_folder(bundle: Path, sphere_case: dict) -> None:
+    from medfcn.bundle import load_bundle
+
+    described = load_bundle(bundle)
+    by_object = Segmenter(described, device="cpu", network=ThresholdNet(sphere_case["t1"], 1e6))
+    by_path = Segmenter(bundle, device="cpu", network=ThresholdNet(sphere_case["t1"], 1e6))
+    assert by_object.bundle is described and by_object.bundle_root == by_path.bundle_root
+    assert by_object.class_names == by_path.class_names and by_object.in_channels == described.in_channels
+    assert torch.equal(by_object(sphere_case["path"]).label, by_path(sphere_case["path"]).label)

@@ -34,7 +34,6 @@ import io
 import json
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,6 +42,8 @@ from typing import Any, Literal
 
 from medfcn._io import atomic_write_json, file_sha256
 from medfcn.bundle import Bundle, load_bundle
+from medfcn.bundle.onnx_export import INPUT_NAME, error_line, export_and_check_onnx, max_abs_diff
+from medfcn.bundle.weights import read_state_dict
 from medfcn.errors import BundleError, one_line
 
 __all__ = [
@@ -69,8 +70,6 @@ Format = Literal["torchscript", "onnx"]
 
 _TS_NAME = "model.ts"
 _ONNX_NAME = "model.onnx"
-_INPUT_NAME = "image"
-_OUTPUT_NAME = "pred"
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ def _patch_size(config: Mapping[str, Any], meta: Mapping[str, Any], spatial_dims
     patch = config.get("patch_size")
     if isinstance(patch, (list, tuple)) and all(isinstance(p, int) for p in patch):
         return tuple(int(p) for p in patch)
-    shape = meta.get("network_data_format", {}).get("inputs", {}).get(_INPUT_NAME, {}).get("spatial_shape")
+    shape = meta.get("network_data_format", {}).get("inputs", {}).get(INPUT_NAME, {}).get("spatial_shape")
     if isinstance(shape, (list, tuple)) and all(isinstance(p, int) for p in shape):
         return tuple(int(p) for p in shape)
     return (32,) * spatial_dims
@@ -211,32 +210,8 @@ def _patch_size(config: Mapping[str, Any], meta: Mapping[str, Any], spatial_dims
 
 def _num_channels(meta: Mapping[str, Any]) -> int:
     inputs = meta.get("network_data_format", {}).get("inputs", {})
-    channels = inputs.get(_INPUT_NAME, {}).get("num_channels", 1)
+    channels = inputs.get(INPUT_NAME, {}).get("num_channels", 1)
     return int(channels) if isinstance(channels, int) else 1
-
-
-def _load_state_dict(path: Path, key_in_ckpt: str) -> Mapping[str, Any]:
-    import torch
-
-    if not path.is_file():
-        raise BundleError(f"{path}: no weights to export; train the bundle first (medfcn train --bundle ...)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated zip, a pickle of something else: report, keep the cause
-        raise BundleError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from err
-    if key_in_ckpt:
-        if not isinstance(ckpt, Mapping) or key_in_ckpt not in ckpt:
-            raise BundleError(f"{path}: checkpoint has no key {key_in_ckpt!r}")
-        ckpt = ckpt[key_in_ckpt]
-    else:  # every form the model zoo ships: a bare state_dict, {"model": state_dict}, DDP "module." keys
-        from medfcn.bundle.weights import as_state_dict
-
-        ckpt = as_state_dict(ckpt, path)
-    if not isinstance(ckpt, Mapping):
-        raise BundleError(
-            f"{path}: expected a state_dict (MONAI bundle convention), found {type(ckpt).__name__}"
-        )
-    return ckpt
 
 
 def _eager_network(config: dict, bundle: Path, weights: Path, key_in_ckpt: str) -> Any:
@@ -254,8 +229,8 @@ def _eager_network(config: dict, bundle: Path, weights: Path, key_in_ckpt: str) 
         cause: BaseException = err
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise BundleError(f"{bundle}: cannot build 'network_def' ({_first_line(cause)})") from err
-    state = _load_state_dict(weights, key_in_ckpt)
+        raise BundleError(f"{bundle}: cannot build 'network_def' ({error_line(cause)})") from err
+    state = read_state_dict(weights, key_in_ckpt)  # every form the zoo ships: state_dict, {"model": ...}, DDP keys
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -267,12 +242,6 @@ def _eager_network(config: dict, bundle: Path, weights: Path, key_in_ckpt: str) 
             "were they trained with another network_def?"
         ) from err
     return net.eval()
-
-
-def _max_abs_diff(a: Any, b: Any) -> float:
-    import numpy as np
-
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
 def _check(name: str, diff: float, bound: float, shape: tuple[int, ...], path: Path) -> None:
@@ -294,81 +263,8 @@ def _script(net: Any) -> Any:
     except Exception as err:  # TorchScript rejects some Python; say so instead of tracing silently
         raise BundleError(
             f"network {type(net).__name__} cannot be scripted with torch.jit.script "
-            f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+            f"({error_line(err)})"
         ) from err
-
-
-def _export_onnx(net: Any, example: Any, path: Path, opset: int | None, dynamo: bool) -> None:
-    import torch
-
-    spatial = {i: f"spatial_{i - 1}" for i in range(2, example.ndim)}
-    axes = {_INPUT_NAME: {0: "batch", **spatial}, _OUTPUT_NAME: {0: "batch", **spatial}}
-    extra: dict[str, Any] = {"external_data": False, "verbose": False} if dynamo else {}
-    with torch.no_grad(), warnings.catch_warnings():
-        # Tracer warnings about Python ints are expected; the numeric check below is what decides.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=[_INPUT_NAME],
-            output_names=[_OUTPUT_NAME],
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=dynamo,
-            **extra,
-        )
-
-
-def _onnx_run(path: Path, x: Any) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise BundleError("ONNX export needs onnx and onnxruntime: pip install 'medfcn[onnx]'") from err
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-
-
-def _export_and_check_onnx(
-    net: Any, example: Any, path: Path, opset: int | None, x: Any, reference: Any, bound: float | None
-) -> float | None:
-    """Export with the TorchScript-based exporter, then (if its graph does not generalise) with the
-    dynamo exporter; keep the first whose ONNX Runtime output matches the eager network at the new size.
-
-    Tracing freezes shape-dependent Python branches (e.g. "pad if the skip is larger") at the example
-    size, which only a run at another size reveals; torch.export keeps them symbolic where it can.
-    """
-    failures = []
-    for dynamo in (False, True):
-        label = "dynamo exporter" if dynamo else "TorchScript exporter"
-        try:
-            _export_onnx(net, example, path, opset, dynamo)
-        except Exception as err:  # exporter errors are long and varied; keep their first line
-            failures.append(f"{label}: {_first_line(err)}")
-            continue
-        if reference is None or bound is None:
-            return None
-        try:
-            diff = _max_abs_diff(_onnx_run(path, x), reference)
-        except BundleError:
-            raise
-        except Exception as err:  # ONNX Runtime rejects the graph at the new size
-            failures.append(f"{label}: ONNX Runtime fails on input {tuple(x.shape)} ({_first_line(err)})")
-            continue
-        if diff <= bound:
-            return diff
-        failures.append(f"{label}: differs from the checkpoint by {diff:.3g} (allowed {bound:.3g})")
-    raise BundleError(
-        f"{path.parent / _ONNX_NAME}: no ONNX export reproduces the network at a new input size; "
-        + "; ".join(failures)
-    )
-
-
-def _first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {one_line(err)}" if str(err).strip() else type(err).__name__
 
 
 def load_torchscript_bundle(path: str | os.PathLike[str]) -> tuple[Any, dict, dict]:
@@ -387,7 +283,7 @@ def load_torchscript_bundle(path: str | os.PathLike[str]) -> tuple[Any, dict, di
     try:
         module = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as err:
-        raise BundleError(f"{p}: not a TorchScript model ({str(err).strip().splitlines()[0]})") from err
+        raise BundleError(f"{p}: not a TorchScript model ({one_line(err)})") from err
     docs = {}
     for name, text in extra.items():
         if not text:
@@ -490,7 +386,7 @@ def export_bundle(
     ts_diff = None
     if reference is not None and bound is not None:
         with torch.no_grad():
-            ts_diff = _max_abs_diff(reloaded(x), reference)
+            ts_diff = max_abs_diff(reloaded(x), reference)
         _check("TorchScript", ts_diff, bound, shape, models / _TS_NAME)
 
     # ---- ONNX: export at the patch size, check at the new size (proves the dynamic axes)
@@ -506,7 +402,7 @@ def export_bundle(
                 ) from err
             onnx_tmp = stage / _ONNX_NAME
             example = torch.randn((1, shape[1], *patch), generator=gen)
-            onnx_diff = _export_and_check_onnx(net, example, onnx_tmp, opset, x, reference, bound)
+            onnx_diff = export_and_check_onnx(net, example, onnx_tmp, opset, x, reference, bound)
 
         # ---- metadata: version, changelog, versions of what produced the files
         old_version = str(meta.get("version", "0.0.0"))

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medfcn.errors import BundleError
+from medfcn.errors import BundleError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -176,8 +176,7 @@ def _parse(parser: ConfigParser, key: str, config_file: Path) -> Any:
         cause: BaseException = err
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise BundleError(f"{config_file}: cannot build '{key}': {type(cause).__name__}: {first}") from err
+        raise BundleError(f"{config_file}: cannot build '{key}': {type(cause).__name__}: {one_line(cause)}") from err
 
 
 def _flat(transform: Any) -> list[Any]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medfcn.errors import BundleError
+from medfcn.errors import BundleError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -95,9 +95,8 @@ def read_state_dict(path: str | os.PathLike[str], key: str = "") -> dict[str, An
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated zip, a pickle of a whole module: say which file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise BundleError(
-            f"{p} is not a readable PyTorch weights file ({type(err).__name__}: {first[:200]})"
+            f"{p} is not a readable PyTorch weights file ({type(err).__name__}: {one_line(err)[:200]})"
         ) from err
     if key:
         if not isinstance(obj, Mapping) or key not in obj:
@@ -132,8 +131,7 @@ def load_network(
             while cause.__cause__ is not None:
                 cause = cause.__cause__
             raise BundleError(
-                f"{config_file}: cannot build the network: {type(cause).__name__}: "
-                f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+                f"{config_file}: cannot build the network: {type(cause).__name__}: {one_line(cause)}"
             ) from err
         mismatched = _shape_mismatches(net, state)
         result = net.load_state_dict(
@@ -151,8 +149,7 @@ def load_network(
         try:
             module = torch.jit.load(str(ts), map_location=device)
         except Exception as err:  # not TorchScript, or truncated
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BundleError(f"{ts} is not a readable TorchScript model: {first[:200]}") from err
+            raise BundleError(f"{ts} is not a readable TorchScript model: {one_line(err)[:200]}") from err
         return module, str(ts.relative_to(bundle_root))
     raise no_weights_error(bundle_root)
 

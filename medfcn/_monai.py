@@ -58,13 +58,10 @@ def light_monai(parts: tuple[str, ...] = INFERENCE_PARTS) -> bool:
     spec = importlib.util.find_spec("monai")
     if spec is None or spec.submodule_search_locations is None:  # not installed: let the real import fail
         return False
-    from importlib.metadata import version
-
     face = types.ModuleType("monai", "MONAI, imported part by part by medfcn (see medfcn._monai).")
     face.__path__ = list(spec.submodule_search_locations)
     face.__file__ = spec.origin
     face.__spec__ = spec
-    face.__version__ = version("monai")  # type: ignore[attr-defined]
 
     def __getattr__(name: str) -> Any:  # PEP 562: `monai.handlers` imports the part on first use
         if name.startswith("__"):
@@ -82,6 +79,9 @@ def light_monai(parts: tuple[str, ...] = INFERENCE_PARTS) -> bool:
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError meanwhile
     try:
+        # the face's own source of its version (versioneer): it needs no installed package metadata
+        versions = importlib.import_module("monai._version").get_versions()
+        face.__version__ = str(versions.get("version") or "0+unknown")  # type: ignore[attr-defined]
         for part in parts:
             importlib.import_module(part)
     except BaseException:

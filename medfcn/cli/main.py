@@ -77,8 +77,8 @@ def _bundle_rows(path: Path) -> list[tuple[str, str]]:
         ("bundle", f"{b.name} {b.version} ({b.root})"),
         ("task", str(b.metadata.get("task", ""))),
         ("classes", ", ".join(f"{k} {v}" for k, v in sorted(b.class_names.items()))),
-        ("input", f"{inputs.get('num_channels', '?')} channel(s) {inputs.get('modality', '')}, patch "
-         f"{'x'.join(str(s) for s in inputs.get('spatial_shape', []))}"),
+        ("input", f"{b.in_channels or '?'} channel(s) {inputs.get('modality', '')}, patch "
+         f"{'x'.join(str(s) for s in b.patch_size or ())}"),
         ("configs", ", ".join(sorted(b.configs))),
         ("weights", ", ".join(sorted(b.weights)) or "none (train it: medfcn train --bundle ...)"),
         *(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import platform
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -145,19 +146,18 @@ def run_record(
         timings: seconds of the run's phases (``discovery_s``, ``load_model_s``, ``total_s``).
         started: when the run started (UTC).
     """
-    from importlib.metadata import version
-
     import torch
 
     from medfcn._version import __version__
+
+    monai = sys.modules.get("monai")  # imported by the Segmenter: its face or medfcn._monai's stand-in
 
     done_times = [r.seconds for r in summary.cases if r.status == "ok" and not r.reason]
     return {
         **segmenter.describe(),
         "versions": {
             "medfcn": __version__,
-            # not `import monai`: its package face loads every submodule (seconds)
-            "monai": version("monai"),
+            "monai": str(getattr(monai, "__version__", "unknown")),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },

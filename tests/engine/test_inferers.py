@@ -6,8 +6,9 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from medfcn.engine.inference import _trained_flips, _tta_axes
+from medfcn.bundle import Bundle, load_bundle
 from medfcn.engine.inferers import MirroredSlidingWindowInferer
+from medfcn.engine.inferers import tta_axes as _tta_axes
 from medfcn.errors import InputError
 
 
@@ -78,6 +79,6 @@ def test_trained_flips_are_read_from_the_shipped_bundles_train_configs() -> None
     from pathlib import Path
 
     bundles = Path(__file__).resolve().parents[2] / "bundles"
-    assert _trained_flips(bundles / "hippocampus", 3) == (0,)
-    assert _trained_flips(bundles / "liver", 3) == ()  # the liver recipe never flips
-    assert _trained_flips(Path("/nonexistent"), 3) is None
+    assert load_bundle(bundles / "hippocampus").trained_flips(3) == (0,)
+    assert load_bundle(bundles / "liver").trained_flips(3) == ()  # the liver recipe never flips
+    assert Bundle(root=Path("/nonexistent"), metadata={}).trained_flips(3) is None

@@ -18,7 +18,7 @@ _LAZY = {
     "inflate_2d_to_3d": "medfcn.networks",
     "find_cases": "medfcn.data",
     "load_bundle": "medfcn.bundle",
-    "Segmenter": "medfcn.engine.inference",
+    "Segmenter": "medfcn.engine.segmenter",
     "segment_folder": "medfcn.engine.inference",
     "train": "medfcn.engine.training",
 }
@@ -38,7 +38,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from medfcn.bundle import load_bundle
     from medfcn.data import find_cases
-    from medfcn.engine.inference import Segmenter, segment_folder
+    from medfcn.engine.inference import segment_folder
+    from medfcn.engine.segmenter import Segmenter
     from medfcn.engine.training import train
     from medfcn.networks import FCN, convolutionalise, inflate_2d_to_3d
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import os
 import sys
 import types
 import warnings
@@ -50,10 +52,15 @@ INFERENCE_PARTS = (
 def light_monai(parts: tuple[str, ...] = INFERENCE_PARTS) -> bool:
     """Import ``parts`` of MONAI behind a lazy package stand-in, unless MONAI is imported already.
 
+    ``MEDFCN_FULL_MONAI=1`` turns it off (a bundle whose inference config names, by a bare ``_target_``,
+    a class of a MONAI part not imported here). If importing the parts fails, MONAI is left to import the
+    usual way and the caller goes on with the full face.
+
     Returns:
-        Whether the stand-in was installed (``False``: MONAI was imported before, nothing changed).
+        Whether the stand-in was installed (``False``: MONAI was imported before, the stand-in is turned
+        off, or importing the parts failed; then nothing changed).
     """
-    if "monai" in sys.modules:
+    if "monai" in sys.modules or os.environ.get("MEDFCN_FULL_MONAI", "").strip() not in ("", "0"):
         return False
     spec = importlib.util.find_spec("monai")
     if spec is None or spec.submodule_search_locations is None:  # not installed: let the real import fail
@@ -84,10 +91,11 @@ def light_monai(parts: tuple[str, ...] = INFERENCE_PARTS) -> bool:
         face.__version__ = str(versions.get("version") or "0+unknown")  # type: ignore[attr-defined]
         for part in parts:
             importlib.import_module(part)
-    except BaseException:
+    except Exception as err:  # a MONAI version this does not fit: the usual import still works
         for name in [m for m in sys.modules if m == "monai" or m.startswith("monai.")]:
             del sys.modules[name]  # leave MONAI importable the usual way
-        raise
+        logging.getLogger(__name__).debug("importing MONAI part by part failed (%s): the full face", err)
+        return False
     finally:
         for name in hidden:
             if sys.modules.get(name, 0) is None:

@@ -72,6 +72,9 @@ _FP32_MARK = "_medfcn_precision"
 # ------------------------------------------------------------------------------------------------ devices
 
 
+_CPU_FALLBACK_SAID = False
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> ``cuda:LOCAL_RANK`` (one GPU per torchrun rank), else ``mps``, else the CPU (with a
     one-line warning); ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` where torch has them.
@@ -87,7 +90,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         if _mps_available():
             return torch.device("mps")
-        logger.warning("--device auto: no CUDA or MPS device here, running on the CPU")
+        global _CPU_FALLBACK_SAID
+        if not _CPU_FALLBACK_SAID:  # said once per process, not once per fold or model
+            logger.warning("--device auto: no CUDA or MPS device here, running on the CPU")
+            _CPU_FALLBACK_SAID = True
         return torch.device("cpu")
     try:
         dev = torch.device(text)

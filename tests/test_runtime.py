@@ -124,8 +124,10 @@ def test_device_auto_falls_back_to_the_cpu_with_one_warning(
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    monkeypatch.setattr(runtime, "_CPU_FALLBACK_SAID", False)
     with caplog.at_level(logging.WARNING, logger="medfcn.runtime"):
         assert resolve_device("auto") == torch.device("cpu")
+        assert resolve_device("auto") == torch.device("cpu")  # five folds evaluated: still one line
     lines = [r.getMessage() for r in caplog.records if r.name == "medfcn.runtime"]
     assert len(lines) == 1 and "running on the CPU" in lines[0] and "\n" not in lines[0]
     monkeypatch.setattr(runtime, "_mps_available", lambda: True)

@@ -80,3 +80,28 @@ def test_one_case_infer_imports_only_what_inference_needs(tmp_path: Path) -> Non
     assert (out / "scan" / "done.json").is_file() and (out / "scan" / "mask.nii.gz").is_file()
     assert json.loads((out / "run.json").read_text())["versions"]["monai"]
     assert not any(loaded.values()), loaded
+
+
+def test_infer_through_the_full_monai_face_writes_the_same_mask(tmp_path: Path) -> None:
+    """``MEDFCN_FULL_MONAI=1`` turns the part-by-part import off; the mask is the same voxel for voxel."""
+    import nibabel as nib
+    import numpy as np
+
+    scan = tmp_path / "scan.nii.gz"
+    data = np.random.default_rng(1).normal(100.0, 30.0, (21, 25, 17)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), str(scan))
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "hippocampus"
+    masks = {}
+    for full in ("0", "1"):
+        out = tmp_path / f"out{full}"
+        env = {**os.environ, "MEDFCN_FULL_MONAI": full, "PROBE_NAMES": json.dumps(["monai.handlers"])}
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, "infer", "--bundle", str(bundle), "--input", str(scan), "--output",
+             str(out), "--device", "cpu", "-q"],
+            capture_output=True, text=True, timeout=600, check=False, env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        face_loaded = json.loads(proc.stdout.strip().splitlines()[-1])["monai.handlers"]
+        assert face_loaded == (full == "1")  # the face imports every part, handlers included
+        masks[full] = np.asarray(nib.load(out / "scan" / "mask.nii.gz").dataobj)
+    np.testing.assert_array_equal(masks["0"], masks["1"])

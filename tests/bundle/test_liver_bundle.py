@@ -74,7 +74,8 @@ def test_preprocessing_network_and_patch_are_defined_once() -> None:
         assert literal not in text, literal
     infer = _config("inference.json")
     targets = [t["_target_"] for t in infer["preprocessing"]["transforms"]]
-    assert targets[:5] == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "ScaleIntensityRanged"]
+    spacing = "medfcn.data.fast_spatial.FastSpacingd"  # MONAI's Spacingd, resampling axis-aligned grids fast
+    assert targets[:5] == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", spacing, "ScaleIntensityRanged"]
     assert "CropForegroundd" in targets
 
 

@@ -24,8 +24,16 @@ the targets of issue 7 against the figures of the same run: FCN >= 1.5x faster t
 faster than fp32 (network, preprocessing excluded), a whole ``medfcn infer`` of 512x512x300 in < 60 s and
 < 6 GiB.
 
+``--stages`` (on by default; issue 15): every step of one ``--infer-cli-size`` CT (and of the real
+``example_ct``) through the liver bundle as shipped and through the MONAI reference pipeline (the same configs
+with medfcn's fast transforms mapped back to MONAI's, ``REFERENCE_TARGETS``), each timed alone with its share
+of the case; the voxels and per-class Dice on which the two label maps agree; the same for ``--hippocampus``
+real MR cases of ``bundles/hippocampus``; and a whole ``medfcn infer`` process against ``python -m
+monai.bundle run`` of the same bundle on the same cases.
+
 Usage:
     python benchmarks/bench_inference.py                       # 256x256x128 and 512x512x300, all configs
+    python benchmarks/bench_inference.py --modes --no-infer-cli   # issue 15 only: stages, labels, CLI vs bundle run
     python benchmarks/bench_inference.py --sizes 128x128x64 --repeats 2 --no-infer-cli   # quick
     python benchmarks/bench_inference.py --threads 2 --infer-cli-size 512x512x300
 """
@@ -548,8 +556,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['params'] / 1e6:.2f} M params",
                 ]
             )
-        print(f"\n## Sliding-window inference (median of {args.repeats}, seconds; peak RSS MiB)\n")
-        print(_table(["size", "mode", "net", "precision", "median s", "peak RSS MiB", "settings"], rows))
+        if rows:
+            print(f"\n## Sliding-window inference (median of {args.repeats}, seconds; peak RSS MiB)\n")
+            print(_table(["size", "mode", "net", "precision", "median s", "peak RSS MiB", "settings"], rows))
 
         def med(size: list[int], mode: str, net: str, prec: str) -> float | None:
             for r in results:

@@ -1,5 +1,9 @@
 """MLflow tracking of medfcn training runs, through MONAI's ``MLFlowHandler``.
 
+:func:`start_tracking` is the one door: it returns a :class:`RunTracker` (store chosen, run named and
+recorded in ``tracking.json``) or, when tracking is off, a :class:`NoTracking` whose every method does
+nothing, so training has no ``if tracking:`` branches.
+
 MONAI's bundle workflows already know how to track a run (``python -m monai.bundle run ... --tracking
 mlflow`` patches an ``MLFlowHandler`` into the trainer and the evaluator: ``DEFAULT_MLFLOW_SETTINGS`` in
 ``monai/bundle/utils.py``). medfcn uses that mechanism and adds what a reviewer of a run wants to see:
@@ -32,16 +36,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 from monai.handlers import MLFlowHandler
 
+from medfcn._io import atomic_write_json
+
 __all__ = [
-    "MLflowHandler",
+    "MlflowRunHandler",
+    "NoTracking",
+    "RunTracker",
     "dataset_fingerprint",
     "default_tracking_uri",
     "find_run_id",
     "flatten_params",
     "mlflow_settings",
     "prepare_run",
+    "record_run_id",
     "redact_uri",
     "run_tags",
+    "start_tracking",
 ]
 
 MAX_PARAM_LENGTH = 500  # MLflow's limit on a param value (characters)
@@ -134,8 +144,8 @@ def run_tags(bundle_name: str, metadata: Mapping[str, Any], data_dir: str | os.P
     return tags
 
 
-class MLflowHandler(MLFlowHandler):
-    """MONAI's ``MLFlowHandler`` that also sets run tags, and logs each param once.
+class MlflowRunHandler(MLFlowHandler):
+    """MONAI's ``MLFlowHandler`` that also sets run tags, logs each param once and continues a recorded run.
 
     A resumed run logs into the same MLflow run (same run name, still ``RUNNING`` after an interruption);
     MLflow refuses to change a param's value, so params already in the run are not sent again.
@@ -241,9 +251,7 @@ def prepare_run(
     if previous.get("run_id") and not run_name:
         info["run_id"] = previous["run_id"]
     out.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(json.dumps({**info, "tracking_uri": redact_uri(uri)}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, record)
+    atomic_write_json(record, {**info, "tracking_uri": redact_uri(uri)})
     return info
 
 
@@ -256,9 +264,7 @@ def record_run_id(output_dir: str | os.PathLike[str], run_id: str) -> None:
     except (OSError, ValueError):
         return
     info["run_id"] = run_id
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, record)
+    atomic_write_json(record, info)
 
 
 def mlflow_settings(
@@ -286,7 +292,7 @@ def mlflow_settings(
     cfg["run_name"] = run_name
     cfg["save_execute_config"] = config_path
     for key in ("trainer", "validator", "evaluator"):
-        cfg[key]["_target_"] = "medfcn.tracking.MLflowHandler"
+        cfg[key]["_target_"] = "medfcn.tracking.MlflowRunHandler"
         if run_id:
             cfg[key]["run_id"] = run_id
     cfg["trainer"]["experiment_param"] = dict(params)
@@ -320,3 +326,103 @@ def find_run_id(info: Mapping[str, Any]) -> str | None:
         return runs[0].info.run_id if runs else None
     except Exception:  # tracking is a record, not a result: a lookup failure must not fail the training
         return None
+
+
+class RunTracker:
+    """The MLflow side of one training run: where it logs, under which names, and its run id once known.
+
+    Made by :func:`start_tracking`, which records the store and names in ``<output_dir>/tracking.json``.
+
+    Attributes:
+        output_dir: the run folder.
+        tracking_uri: the MLflow store or server (with any credentials; :func:`redact_uri` before showing it).
+        experiment: the MLflow experiment name.
+        run_name: the MLflow run name (a resumed run keeps its name).
+        run_id: the MLflow run id: the recorded one on resume, else ``None`` until :meth:`finish`.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike[str], info: Mapping[str, Any]) -> None:
+        self.output_dir = Path(output_dir)
+        self.tracking_uri = str(info["tracking_uri"])
+        self.experiment = str(info["experiment"])
+        self.run_name = str(info["run_name"])
+        self.run_id: str | None = info.get("run_id")
+
+    def settings(
+        self,
+        *,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        artifacts: Sequence[str],
+        config_path: str,
+    ) -> dict[str, Any]:
+        """``ConfigWorkflow(tracking=...)`` settings for this run (see :func:`mlflow_settings`); ``params`` are
+        flattened here."""
+        return mlflow_settings(
+            tracking_uri=self.tracking_uri,
+            experiment=self.experiment,
+            run_name=self.run_name,
+            run_id=self.run_id,
+            params=flatten_params(params),
+            tags=tags,
+            artifacts=artifacts,
+            config_path=config_path,
+        )
+
+    def finish(self) -> str | None:
+        """Look up the run id once the run has ended and record it in ``tracking.json`` (for ``--resume``)."""
+        info = {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_name": self.run_name}
+        run_id = find_run_id(info)
+        if run_id:
+            record_run_id(self.output_dir, run_id)
+            self.run_id = run_id
+        return run_id
+
+
+class NoTracking:
+    """The tracker of a run that is not tracked (a null :class:`RunTracker`): no store, no names, no
+    settings, nothing recorded."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    run_id: str | None = None
+
+    def settings(
+        self,
+        *,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        artifacts: Sequence[str],
+        config_path: str,
+    ) -> dict[str, Any] | None:
+        """No settings: ``ConfigWorkflow`` then adds no MLflow handler."""
+        return None
+
+    def finish(self) -> None:
+        """Nothing to look up."""
+        return None
+
+
+def start_tracking(
+    enabled: bool,
+    output_dir: str | os.PathLike[str],
+    *,
+    tracking_uri: str | None,
+    experiment: str,
+    run_name: str | None,
+    bundle_name: str,
+    resume: bool,
+) -> RunTracker | NoTracking:
+    """The tracker of a training run: a :class:`RunTracker` (see :func:`prepare_run`), or a
+    :class:`NoTracking` when ``enabled`` is false."""
+    if not enabled:
+        return NoTracking()
+    info = prepare_run(
+        output_dir,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        run_name=run_name,
+        bundle_name=bundle_name,
+        resume=resume,
+    )
+    return RunTracker(output_dir, info)

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -39,7 +38,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from medfcn.errors import BundleError
+from medfcn._io import atomic_write
+from medfcn.errors import BundleError, one_line
 
 __all__ = ["LARGE_FILES_NAMES", "Fetched", "LargeFile", "download_large_files", "read_large_files"]
 
@@ -104,8 +104,7 @@ def read_large_files(bundle: str | os.PathLike[str]) -> list[LargeFile]:
 
             data = yaml.safe_load(text)
     except Exception as err:  # OSError, JSON/YAML syntax errors: the file is unusable either way
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BundleError(f"{file}: cannot be read ({first})") from err
+        raise BundleError(f"{file}: cannot be read ({one_line(err)})") from err
     entries = data.get("large_files") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise BundleError(f'{file}: expected a "large_files" list of {{path, url, hash_val, hash_type}}')
@@ -160,6 +159,18 @@ def _fetch(url: str, root: Path, dest: Path, timeout: float) -> None:
         raise BundleError(f"could not download {url}: {reason}; check the network or fetch it by hand") from err
 
 
+def _fetch_checked(entry: LargeFile, root: Path, dest: Path, timeout: float) -> None:
+    """Fetch ``entry`` into ``dest`` and check its hash: a mismatch raises, so nothing is renamed into place."""
+    _fetch(entry.url, root, dest, timeout)
+    if entry.hash_val is not None:
+        got = _digest(dest, entry.hash_type)
+        if got != entry.hash_val.lower():
+            raise BundleError(
+                f"{entry.path} from {entry.url} does not match {entry.hash_type} {entry.hash_val} "
+                f"(got {got}); the download is corrupt or another version, nothing was written"
+            )
+
+
 def download_large_files(
     bundle: str | os.PathLike[str],
     *,
@@ -196,23 +207,7 @@ def download_large_files(
         ):
             result = Fetched(entry.path, "present", entry.hash_val is not None, target.stat().st_size)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(fd)
-            tmp = Path(name)
-            try:
-                _fetch(entry.url, root, tmp, timeout)
-                if entry.hash_val is not None:
-                    got = _digest(tmp, entry.hash_type)
-                    if got != entry.hash_val.lower():
-                        raise BundleError(
-                            f"{entry.path} from {entry.url} does not match {entry.hash_type} {entry.hash_val} "
-                            f"(got {got}); the download is corrupt or another version, nothing was written"
-                        )
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            atomic_write(target, lambda tmp, entry=entry: _fetch_checked(entry, root, tmp, timeout))
             result = Fetched(entry.path, "downloaded", entry.hash_val is not None, target.stat().st_size)
         results.append(result)
         if report is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from medfcn.errors import MedfcnError
+from medfcn.errors import MedfcnError, one_line
 
 __all__ = [
     "EXIT_FAILED",
@@ -105,7 +105,7 @@ def user_errors(code: int = EXIT_FAILED) -> Iterator[None]:
     try:
         yield
     except MedfcnError as err:
-        raise fail(str(err).splitlines()[0] if str(err) else type(err).__name__, code) from None
+        raise fail(one_line(err), code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from medfcn._io import atomic_dir
 from medfcn.data.datasets import HOW_TO_GET_DATA
 from medfcn.errors import DataError, InputError, one_line
 
@@ -643,10 +642,9 @@ def download_msd(
     if target.exists():
         raise DataError(f"{target} exists but has no dataset.json; remove or rename it, then download again")
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{task}.extract-"))
     local = _local_archive(url)
     archive = local if local is not None else root / f"{task}.tar"
-    try:
+    with atomic_dir(target) as staging:  # all or nothing: an interrupted download leaves no half dataset
         if local is not None:
             _extract_local(task, local, staging, md5)
         else:
@@ -655,9 +653,10 @@ def download_msd(
         if not (extracted / "dataset.json").is_file():
             found = sorted(p.name for p in staging.iterdir())
             raise DataError(f"the archive from {url} has no {task}/dataset.json (top level holds {found})")
-        os.replace(extracted, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # the archive's one top folder, <task>/, becomes the target itself
+        for entry in list(extracted.iterdir()):
+            entry.rename(staging / entry.name)
+        extracted.rmdir()
     if local is None and not keep_archive:
         archive.unlink(missing_ok=True)
     return target

@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from medfcn.errors import DataError, InputError
+from medfcn._io import atomic_write_text
+from medfcn.errors import DataError, InputError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from medfcn.engine.inference import Segmenter
@@ -225,20 +225,12 @@ def format_summary(result: EvaluationResult) -> str:
 def write_csv(rows: Sequence[CaseMetrics], path: str | os.PathLike[str]) -> Path:
     """Write ``case,class,dice,hd95_mm`` rows atomically (temp file in the same folder, then rename)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     for r in rows:
         writer.writerow([r.case, r.class_name, f"{r.dice:.6f}", f"{r.hd95_mm:.4f}"])
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, buf.getvalue())
     return out
 
 
@@ -392,7 +384,7 @@ def evaluate(
             for c, d, h in case_metrics(pred.label[0].numpy(), truth_arr, spacing.tolist(), num_classes):
                 rows.append(CaseMetrics(case, fg_names[c - 1], d, h))
         except (InputError, OSError, RuntimeError, ValueError) as err:  # one bad case never stops the run
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = one_line(err)
             logger.warning("case %s not evaluated: %s", case, reason)
             failed.append((case, reason))
     if not rows:

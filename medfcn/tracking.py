@@ -335,39 +335,42 @@ class RunTracker:
 
     Attributes:
         output_dir: the run folder.
+        bundle_name: the bundle's name (a tag).
         tracking_uri: the MLflow store or server (with any credentials; :func:`redact_uri` before showing it).
         experiment: the MLflow experiment name.
         run_name: the MLflow run name (a resumed run keeps its name).
         run_id: the MLflow run id: the recorded one on resume, else ``None`` until :meth:`finish`.
+        config_path: where :meth:`record_config` writes the executed config (an artifact of the run).
     """
 
-    def __init__(self, output_dir: str | os.PathLike[str], info: Mapping[str, Any]) -> None:
+    def __init__(self, output_dir: str | os.PathLike[str], bundle_name: str, info: Mapping[str, Any]) -> None:
         self.output_dir = Path(output_dir)
+        self.bundle_name = bundle_name
         self.tracking_uri = str(info["tracking_uri"])
         self.experiment = str(info["experiment"])
         self.run_name = str(info["run_name"])
         self.run_id: str | None = info.get("run_id")
+        self.config_path = self.output_dir / "config_executed.json"
 
     def settings(
-        self,
-        *,
-        params: Mapping[str, Any],
-        tags: Mapping[str, str],
-        artifacts: Sequence[str],
-        config_path: str,
-    ) -> dict[str, Any]:
-        """``ConfigWorkflow(tracking=...)`` settings for this run (see :func:`mlflow_settings`); ``params`` are
-        flattened here."""
+        self, *, params: Mapping[str, Any], metadata: Mapping[str, Any], data_dir: Path, artifacts: Sequence[str]
+    ) -> dict[str, Any] | None:
+        """``ConfigWorkflow(tracking=...)`` settings for this run (see :func:`mlflow_settings`): ``params``
+        flattened, the tags of :func:`run_tags`, the executed config and ``artifacts`` logged at the end."""
         return mlflow_settings(
             tracking_uri=self.tracking_uri,
             experiment=self.experiment,
             run_name=self.run_name,
             run_id=self.run_id,
             params=flatten_params(params),
-            tags=tags,
+            tags=run_tags(self.bundle_name, metadata, data_dir),
             artifacts=artifacts,
-            config_path=config_path,
+            config_path=str(self.config_path),
         )
+
+    def record_config(self, config: Mapping[str, Any]) -> None:
+        """Write the executed config, every macro resolved (what actually ran), for the run's artifacts."""
+        atomic_write_json(self.config_path, config)
 
     def finish(self) -> str | None:
         """Look up the run id once the run has ended and record it in ``tracking.json`` (for ``--resume``)."""
@@ -381,24 +384,22 @@ class RunTracker:
 
 class NoTracking:
     """The tracker of a run that is not tracked (a null :class:`RunTracker`): no store, no names, no
-    settings, nothing recorded."""
+    settings, nothing written."""
 
     tracking_uri: str | None = None
     experiment: str | None = None
     run_id: str | None = None
 
     def settings(
-        self,
-        *,
-        params: Mapping[str, Any],
-        tags: Mapping[str, str],
-        artifacts: Sequence[str],
-        config_path: str,
+        self, *, params: Mapping[str, Any], metadata: Mapping[str, Any], data_dir: Path, artifacts: Sequence[str]
     ) -> dict[str, Any] | None:
         """No settings: ``ConfigWorkflow`` then adds no MLflow handler."""
         return None
 
-    def finish(self) -> None:
+    def record_config(self, config: Mapping[str, Any]) -> None:
+        """Nothing to record."""
+
+    def finish(self) -> str | None:
         """Nothing to look up."""
         return None
 
@@ -413,8 +414,8 @@ def start_tracking(
     bundle_name: str,
     resume: bool,
 ) -> RunTracker | NoTracking:
-    """The tracker of a training run: a :class:`RunTracker` (see :func:`prepare_run`), or a
-    :class:`NoTracking` when ``enabled`` is false."""
+    """The tracker of a training run: a :class:`RunTracker` (store and names chosen by :func:`prepare_run`),
+    or a :class:`NoTracking` when ``enabled`` is false (tracking off, or a torchrun rank other than 0)."""
     if not enabled:
         return NoTracking()
     info = prepare_run(
@@ -425,4 +426,4 @@ def start_tracking(
         bundle_name=bundle_name,
         resume=resume,
     )
-    return RunTracker(output_dir, info)
+    return RunTracker(output_dir, bundle_name, info)

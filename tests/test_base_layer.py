@@ -6,14 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from medfcn._io import atomic_dir, atomic_write_text
-from medfcn.errors import InputError, one_line
+from medfcn._io import atomic_dir, atomic_write_text, working_directory
+from medfcn.errors import InputError, one_line, root_cause
 
 
 def test_one_line_takes_the_first_non_empty_line() -> None:
     assert one_line(InputError("\n  scan.nii.gz: not a NIfTI file\nTraceback...")) == "scan.nii.gz: not a NIfTI file"
     assert one_line(ValueError("")) == "ValueError"
     assert one_line(KeyError("image")) == "'image'"
+
+
+def test_one_line_of_the_root_cause_names_its_type() -> None:
+    try:
+        try:
+            raise ValueError("patch_size must have 3 values\nmore detail")
+        except ValueError as inner:
+            raise RuntimeError("Failed to instantiate {'_target_': 'FCN'}") from inner
+    except RuntimeError as err:
+        assert one_line(root_cause(err), typed=True) == "ValueError: patch_size must have 3 values"
+        assert root_cause(ValueError("x")).args == ("x",)
+    assert one_line(ValueError(""), typed=True) == "ValueError"
+
+
+def test_working_directory_goes_back_even_on_error(tmp_path: Path) -> None:
+    before = Path.cwd()
+    with pytest.raises(RuntimeError), working_directory(tmp_path):
+        assert Path.cwd() == tmp_path.resolve()
+        raise RuntimeError("boom")
+    assert Path.cwd() == before
 
 
 def test_atomic_write_text_leaves_no_temp_file(tmp_path: Path) -> None:

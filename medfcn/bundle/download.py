@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -207,7 +208,7 @@ def download_large_files(
         ):
             result = Fetched(entry.path, "present", entry.hash_val is not None, target.stat().st_size)
         else:
-            atomic_write(target, lambda tmp, entry=entry: _fetch_checked(entry, root, tmp, timeout))
+            atomic_write(target, functools.partial(_fetch_checked, entry, root, timeout=timeout))
             result = Fetched(entry.path, "downloaded", entry.hash_val is not None, target.stat().st_size)
         results.append(result)
         if report is not None:

@@ -1,12 +1,11 @@
 """Cross-validation: ``medfcn train --fold K`` into a trained copy of the bundle, the split it records,
-``medfcn evaluate --fold/--cv``, resume rules, the time budget and the patch-size check."""
+``medfcn evaluate --fold/--cv``, resume rules and the patch-size check."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from typer.testing import CliRunner
 from medfcn.cli.main import app
 from medfcn.data.msd import load_datalist, split_datalist, split_digest
 from medfcn.engine.crossval import evaluate_folds, fold_bundle, format_cv, summarise_folds
-from medfcn.engine.training import TimeBudget, train
+from medfcn.engine.training import train
 from medfcn.errors import BundleError, DataError, InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -168,33 +167,6 @@ def test_resume_of_a_finished_run_needs_more_epochs_and_continues_the_same_mlflo
     assert [m.step for m in client.get_metric_history(result.run_id, "val_mean_dice")] == [1, 2]
     last = torch.load(extended.output_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert last["lr_scheduler"]["total_iters"] == 2  # the schedule was stretched to the new length
-
-
-# ------------------------------------------------------------------------------------------ time budget
-
-
-def test_time_budget_ends_the_run_on_time_with_the_schedule_at_its_end() -> None:
-    from ignite.engine import Engine
-
-    net = torch.nn.Linear(1, 1)
-    opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=1000, power=1.0)
-    engine = Engine(lambda e, b: time.sleep(0.02))
-    from ignite.engine import Events
-
-    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())  # as LrScheduleHandler does
-    lrs: list[float] = []
-    TimeBudget(0.5, sched).attach(engine)
-    engine.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.append(opt.param_groups[0]["lr"]))
-    t0 = time.perf_counter()
-    engine.run(range(5), max_epochs=1000)  # about 0.1 s an epoch
-    elapsed = time.perf_counter() - t0
-    assert 2 <= engine.state.epoch <= 8 and elapsed < 1.0
-    assert engine.state.max_epochs == engine.state.epoch
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5  # decays to its floor at the planned end
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
-    with pytest.raises(InputError, match="positive"):
-        TimeBudget(0)
 
 
 def test_fold_options_are_checked(tmp_path: Path) -> None:

@@ -16,9 +16,17 @@ import pytest
 from typer.testing import CliRunner
 
 from medfcn.cli.main import app
-from medfcn.tracking import dataset_fingerprint, default_tracking_uri, flatten_params, redact_uri
+from medfcn.tracking import (
+    NoTracking,
+    RunTracker,
+    dataset_fingerprint,
+    default_tracking_uri,
+    flatten_params,
+    redact_uri,
+    start_tracking,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 from _liver_support import TINY_TRAINING, copy_liver_bundle
 
 
@@ -135,3 +143,34 @@ def test_no_tracking_writes_no_store(tmp_path: Path, synthetic_dataset: Path, mo
     assert result.exit_code == 0, result.output
     assert "MLflow:" not in result.output and not (tmp_path / "mlflow.db").exists()
     assert not (bundle / "runs" / "train" / "tracking.json").exists()
+
+
+def test_tracking_off_is_a_tracker_that_does_nothing(tmp_path: Path) -> None:
+    tracker = start_tracking(
+        False, tmp_path, tracking_uri=None, experiment="e", run_name=None, bundle_name="liver", resume=False
+    )
+    assert isinstance(tracker, NoTracking)
+    assert tracker.settings(params={"epochs": 1}, metadata={}, data_dir=tmp_path, artifacts=[]) is None
+    tracker.record_config({"epochs": 1})
+    assert tracker.finish() is None and tracker.tracking_uri is None and tracker.run_id is None
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_tracked_run_records_its_store_without_credentials(tmp_path: Path, synthetic_dataset: Path) -> None:
+    uri = f"https://user:secret@mlflow.example.org/{tmp_path.name}"
+    tracker = start_tracking(
+        True, tmp_path / "run", tracking_uri=uri, experiment="e", run_name="r1", bundle_name="liver", resume=False
+    )
+    assert isinstance(tracker, RunTracker) and tracker.tracking_uri == uri
+    record = json.loads((tmp_path / "run" / "tracking.json").read_text())
+    assert record == {"tracking_uri": f"https://mlflow.example.org/{tmp_path.name}", "experiment": "e", "run_name": "r1"}
+    settings = tracker.settings(
+        params={"optimizer": {"_target_": "torch.optim.AdamW", "lr": 0.01}}, metadata={"version": "1.0"},
+        data_dir=synthetic_dataset, artifacts=["metrics.json"],
+    )  # fmt: skip
+    assert settings is not None
+    handler = settings["configs"]["trainer"]
+    assert handler["_target_"] == "medfcn.tracking.MlflowRunHandler"
+    assert handler["experiment_param"] == {"optimizer": "torch.optim.AdamW", "optimizer.lr": "0.01"}
+    assert handler["tags"]["bundle.name"] == "liver" and handler["tags"]["bundle.version"] == "1.0"
+    assert handler["artifacts"] == [str(tmp_path / "run" / "config_executed.json"), "metrics.json"]

@@ -16,18 +16,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+from monai.networks.layers.factories import Conv, Norm, Pool
+from monai.networks.utils import copy_model_state
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 __all__ = ["convolutionalise", "inflate_2d_to_3d"]
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
-_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_ADAPTIVE_AVG = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-_ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+# N-D layer types through MONAI's factories, as the FCN builds its own layers
+_ADAPTIVE_AVG = tuple(Pool[Pool.ADAPTIVEAVG, d] for d in (1, 2, 3))
+_ADAPTIVE_MAX = tuple(Pool[Pool.ADAPTIVEMAX, d] for d in (1, 2, 3))
 _ADAPTIVE_FUNCS = {
     F.adaptive_avg_pool1d: "avg",
     F.adaptive_avg_pool2d: "avg",
@@ -92,7 +91,7 @@ def _pool_replacement(kind: str, in_size: tuple[int, ...], out_size: tuple[int, 
     kernel = tuple(i // o for i, o in zip(in_size, out_size, strict=True))
     # a global pooling (output 1) slides with stride 1 so the score map is dense at larger inputs
     stride = tuple(1 if o == 1 else k for k, o in zip(kernel, out_size, strict=True))
-    pool = _AVG_POOL[nd] if kind == "avg" else _MAX_POOL[nd]
+    pool = Pool[Pool.AVG if kind == "avg" else Pool.MAX, nd]
     return pool(kernel_size=kernel, stride=stride)
 
 
@@ -215,7 +214,7 @@ def convolutionalise(model: nn.Module, input_shape: Sequence[int], *, atol: floa
             else:
                 kernel = (1,) * nd
                 in_ch = mod.in_features
-            conv = _CONV[nd](in_ch, mod.out_features, kernel_size=kernel, bias=mod.bias is not None)  # type: ignore[arg-type]
+            conv = Conv[Conv.CONV, nd](in_ch, mod.out_features, kernel_size=kernel, bias=mod.bias is not None)  # type: ignore[arg-type]
             with torch.no_grad():
                 conv.weight.copy_(mod.weight.reshape(mod.out_features, in_ch, *kernel))
                 if mod.bias is not None:
@@ -229,7 +228,7 @@ def convolutionalise(model: nn.Module, input_shape: Sequence[int], *, atol: floa
             # shape arithmetic (x.shape[0], x.size(1)) is not data: the final equality check guards it
             continue
         if mod is not None and isinstance(mod, nn.BatchNorm1d):
-            bn = _BATCH_NORM[nd](mod.num_features, mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
+            bn = Norm[Norm.BATCH, nd](mod.num_features, mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
             bn.load_state_dict(mod.state_dict())
             _set_module(gm, str(node.target), bn)
             state[node] = ("vec", ())
@@ -333,12 +332,11 @@ def inflate_2d_to_3d(
             f"2D and 3D networks differ: missing in 2D {missing[:5]}, not in 3D {unexpected[:5]} "
             "(build both with the same configuration)"
         )
-    new: dict[str, torch.Tensor] = {}
-    for key, t3 in target.items():
+    # MONAI copies every entry of the same shape (biases, norms, 1x1x1 heads); the kernels are inflated here
+    new, _, to_inflate = copy_model_state(model_3d, src, inplace=False)
+    for key in to_inflate:
+        t3 = target[key]
         s2 = src[key].to(dtype=t3.dtype)
-        if s2.shape == t3.shape:
-            new[key] = s2.clone()
-            continue
         if s2.dim() + 1 != t3.dim() or tuple(t3.shape[:-1]) != tuple(s2.shape):
             raise ValueError(
                 f"cannot inflate {key!r}: 2D shape {tuple(s2.shape)} vs 3D shape {tuple(t3.shape)}"

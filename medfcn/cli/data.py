@@ -17,7 +17,7 @@ from medfcn.cli._common import EXIT_FAILED, fail, new_app, quiet_option, user_er
 
 if TYPE_CHECKING:
     from medfcn.data.cases import DiscoveryReport
-    from medfcn.data.msd import DatasetCheck
+    from medfcn.data.dataset_check import DatasetCheck
 
 __all__ = ["app", "check", "download", "scan", "synth"]
 
@@ -176,7 +176,7 @@ def check(
 
     Checks that every image/label pair exists and loads, shapes and affines match, and label values are declared in dataset.json; prints median spacing, shape and foreground intensity percentiles. Exit code 1 when any problem is found (each is listed).
     """
-    from medfcn.data.msd import check_dataset
+    from medfcn.data.dataset_check import check_dataset
 
     with user_errors():
         result = check_dataset(directory)
@@ -223,7 +223,8 @@ def download(
 
     Uses MONAI's download utilities and URLs. Nothing is downloaded when OUTPUT/TASK/dataset.json exists.
     """
-    from medfcn.data.msd import download_msd, read_dataset_json
+    from medfcn.data.msd import read_dataset_json
+    from medfcn.data.msd_download import download_msd
 
     with user_errors():
         # MONAI's download bar redraws with carriage returns: only on a terminal.

@@ -28,8 +28,9 @@ _LAZY = {
     # msd.py
     "load_datalist": "medfcn.data.msd",
     "split_datalist": "medfcn.data.msd",
-    "check_dataset": "medfcn.data.msd",
-    "download_msd": "medfcn.data.msd",
+    # dataset_check.py, msd_download.py
+    "check_dataset": "medfcn.data.dataset_check",
+    "download_msd": "medfcn.data.msd_download",
 }
 
 __all__ = list(_LAZY)

@@ -125,13 +125,14 @@ class EvaluationResult:
 def _one_hot(label: np.ndarray, num_classes: int) -> Any:
     """``(X, Y, Z)`` integer labels -> ``(1, C, X, Y, Z)`` float one-hot tensor (MONAI's metric input)."""
     import torch
+    from monai.networks.utils import one_hot
 
     t = torch.as_tensor(np.asarray(label, dtype=np.int64))
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise InputError(
             f"label values must be in [0, {num_classes - 1}], found {int(t.min())}..{int(t.max())}"
         )
-    return torch.nn.functional.one_hot(t, num_classes).movedim(-1, 0)[None].float()
+    return one_hot(t[None, None], num_classes, dim=1)  # MONAI's: float32, (1, C, *spatial)
 
 
 def case_metrics(

@@ -14,8 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _datasets_support import write_nnunet_raw
 
 from medfcn.cli.main import app
+from medfcn.data.dataset_check import check_dataset
 from medfcn.data.datasets import count_channels, read_dataset
-from medfcn.data.msd import check_dataset, load_datalist
+from medfcn.data.msd import load_datalist
 from medfcn.data.synthetic import make_phantom
 from medfcn.errors import DataError
 

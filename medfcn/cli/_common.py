@@ -1,5 +1,6 @@
 """Shared pieces of the CLI: exit codes, error formatting, the options every command spells the same way
-(``--bundle``, ``--device``, ``--amp/--no-amp``, ``--quiet/-q``) and the help renderer."""
+(``--bundle``, ``--device``, ``--amp/--no-amp``, ``--quiet/-q``, ``--tracking/--no-tracking``) and the help
+renderer."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ __all__ = [
     "fail",
     "new_app",
     "quiet_option",
+    "tracking_option",
     "user_errors",
 ]
 
@@ -83,6 +85,11 @@ def quiet_option() -> Any:
         help="No progress output (a bar on a terminal, else one line per case or epoch); warnings and errors "
         "still print.",
     )
+
+
+def tracking_option(what: str = "the run") -> Any:
+    """``--tracking/--no-tracking`` (default on), for every command that trains."""
+    return typer.Option("--tracking/--no-tracking", help=f"Track {what} in MLflow (default: on).")
 
 
 def bundle_option(help: str, *, readable: bool = False) -> Any:

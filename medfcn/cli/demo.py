@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_FAILED, device_option, quiet_option, user_errors
+from medfcn.cli._common import EXIT_FAILED, device_option, quiet_option, tracking_option, user_errors
 
 __all__ = ["demo"]
 
@@ -29,7 +29,7 @@ def demo(
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs (about 1 s each on 2 CPU cores).")] = 60,
     num_train: Annotated[int, typer.Option("--num-train", min=2, help="Synthetic training cases.")] = 8,
     device: Annotated[str, device_option()] = "auto",
-    tracking: Annotated[bool, typer.Option("--tracking/--no-tracking", help="Track training in MLflow.")] = True,
+    tracking: Annotated[bool, tracking_option("the training")] = True,
     quiet: Annotated[bool, quiet_option()] = False,
 ) -> None:
     """Generate a small synthetic CT set, train the liver bundle briefly, segment a folder of NIfTI and DICOM

@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from medfcn.cli._common import EXIT_USAGE, amp_option, bundle_option, device_option, quiet_option, user_errors
+from medfcn.cli._common import (
+    EXIT_USAGE,
+    amp_option,
+    bundle_option,
+    device_option,
+    quiet_option,
+    tracking_option,
+    user_errors,
+)
 
 __all__ = ["train"]
 
@@ -77,9 +85,7 @@ def train(
             "preprocessing live in configs/inference.json: change them there, so inference matches training.",
         ),
     ] = None,
-    tracking: Annotated[
-        bool, typer.Option("--tracking/--no-tracking", help="Track the run in MLflow (default: on).")
-    ] = True,
+    tracking: Annotated[bool, tracking_option()] = True,
     tracking_uri: Annotated[
         Optional[str],
         typer.Option(

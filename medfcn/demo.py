@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medfcn._io import atomic_write_text
 from medfcn.errors import BundleError
 
 __all__ = ["DemoResult", "default_bundle", "run_demo"]
@@ -115,7 +116,7 @@ def run_demo(
     )
     # What a hospital folder would hold: scans only (NIfTI and DICOM), listed in one file.
     scans = out / "scans.txt"
-    scans.write_text(f"{data / 'imagesTs'}\n{data / 'dicom'}\n", encoding="utf-8")
+    atomic_write_text(scans, f"{data / 'imagesTs'}\n{data / 'dicom'}\n")
     results = out / "results"
     summary = segment_folder(work, scans, results, device=device, overwrite=True, progress=not quiet)
     return DemoResult(output=out, data=data, bundle=work, results=results, train=trained, infer=summary)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from medfcn.errors import one_line
+
 __all__ = ["DatasetCheck", "Fingerprint", "Problem", "check_dataset"]
 
 
@@ -165,7 +167,7 @@ def check_dataset(
         try:
             img = _header(path)
         except Exception as err:  # nibabel raises several unrelated types for unreadable files
-            problems.append(Problem(rel(path), f"cannot be read as NIfTI ({type(err).__name__}: {err})"))
+            problems.append(Problem(rel(path), f"cannot be read as NIfTI ({one_line(err, typed=True)})"))
             return None
         if img.ndim == 3 or (
             img.ndim == 4 and (img.shape[3] == n_expected or (is_list and channels is None))
@@ -205,7 +207,7 @@ def check_dataset(
                 lab = _header(label_path)
             except Exception as err:  # as above
                 problems.append(
-                    Problem(rel(label_path), f"cannot be read as NIfTI ({type(err).__name__}: {err})")
+                    Problem(rel(label_path), f"cannot be read as NIfTI ({one_line(err, typed=True)})")
                 )
         if lab is not None and lab.ndim != 3:
             problems.append(Problem(rel(label_path), f"expected a 3D label, found shape {lab.shape}"))
@@ -221,7 +223,7 @@ def check_dataset(
             label_data = np.asanyarray(lab.dataobj)
         except Exception as err:  # truncated gzip streams and the like
             problems.append(
-                Problem(rel(label_path), f"voxel data cannot be read ({type(err).__name__}: {err})")
+                Problem(rel(label_path), f"voxel data cannot be read ({one_line(err, typed=True)})")
             )
             continue
         values, counts = np.unique(label_data, return_counts=True)
@@ -269,7 +271,7 @@ def check_dataset(
             )
         except Exception as err:  # as above
             problems.append(
-                Problem(rel(image_path), f"voxel data cannot be read ({type(err).__name__}: {err})")
+                Problem(rel(image_path), f"voxel data cannot be read ({one_line(err, typed=True)})")
             )
             continue
         if image_data.dtype.kind == "f":  # integer voxels are always finite; skip the pass over them

@@ -112,7 +112,7 @@ def _extract_local(task: str, archive: Path, staging: Path, md5: str | None) -> 
         extractall(archive, staging, file_type="tar")
     except (OSError, ValueError, RuntimeError, tarfile.TarError) as err:
         raise DataError(
-            f"cannot extract {archive} ({type(err).__name__}: {err}); is it a .tar archive?"
+            f"cannot extract {archive} ({one_line(err, typed=True)}); is it a .tar archive?"
         ) from err
 
 

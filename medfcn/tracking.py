@@ -47,7 +47,6 @@ __all__ = [
     "find_run_id",
     "flatten_params",
     "mlflow_settings",
-    "prepare_run",
     "record_run_id",
     "redact_uri",
     "run_tags",
@@ -225,36 +224,6 @@ class MlflowRunHandler(MLFlowHandler):
             super()._log_params(fresh)
 
 
-def prepare_run(
-    output_dir: str | os.PathLike[str],
-    *,
-    tracking_uri: str | None,
-    experiment: str,
-    run_name: str | None,
-    bundle_name: str,
-    resume: bool,
-) -> dict[str, Any]:
-    """Choose the store, experiment and run name, and record them in ``<output_dir>/tracking.json``.
-
-    A resumed run reuses the recorded run name (so MLflow continues the same run); a new run is named
-    ``<bundle>-<UTC date-time>``.
-    """
-    out = Path(output_dir)
-    record = out / _RUN_FILE
-    previous: dict[str, Any] = {}
-    if resume and record.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            previous = json.loads(record.read_text(encoding="utf-8"))
-    uri = tracking_uri or previous.get("tracking_uri") or default_tracking_uri()
-    name = run_name or previous.get("run_name") or f"{bundle_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    info = {"tracking_uri": uri, "experiment": experiment, "run_name": name}
-    if previous.get("run_id") and not run_name:
-        info["run_id"] = previous["run_id"]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, {**info, "tracking_uri": redact_uri(uri)})
-    return info
-
-
 def record_run_id(output_dir: str | os.PathLike[str], run_id: str) -> None:
     """Add the MLflow run id to ``<output_dir>/tracking.json``: ``--resume`` then continues that very run,
     finished or not (MONAI's handler would open a second run of the same name for a finished one)."""
@@ -414,16 +383,25 @@ def start_tracking(
     bundle_name: str,
     resume: bool,
 ) -> RunTracker | NoTracking:
-    """The tracker of a training run: a :class:`RunTracker` (store and names chosen by :func:`prepare_run`),
-    or a :class:`NoTracking` when ``enabled`` is false (tracking off, or a torchrun rank other than 0)."""
+    """The tracker of a training run, or a :class:`NoTracking` when ``enabled`` is false (tracking off, or a
+    torchrun rank other than 0).
+
+    A :class:`RunTracker` has its store (``tracking_uri`` > ``$MLFLOW_TRACKING_URI`` > local SQLite), experiment
+    and run name recorded in ``<output_dir>/tracking.json`` (credentials removed). A resumed run reuses the
+    recorded run name and id (so MLflow continues the same run); a new run is named ``<bundle>-<UTC date-time>``.
+    """
     if not enabled:
         return NoTracking()
-    info = prepare_run(
-        output_dir,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        run_name=run_name,
-        bundle_name=bundle_name,
-        resume=resume,
-    )
-    return RunTracker(output_dir, bundle_name, info)
+    out = Path(output_dir)
+    record = out / _RUN_FILE
+    previous: dict[str, Any] = {}
+    if resume and record.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            previous = json.loads(record.read_text(encoding="utf-8"))
+    uri = tracking_uri or previous.get("tracking_uri") or default_tracking_uri()
+    name = run_name or previous.get("run_name") or f"{bundle_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    info = {"tracking_uri": uri, "experiment": experiment, "run_name": name}
+    if previous.get("run_id") and not run_name:
+        info["run_id"] = previous["run_id"]
+    atomic_write_json(record, {**info, "tracking_uri": redact_uri(uri)})
+    return RunTracker(out, bundle_name, info)

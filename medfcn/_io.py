@@ -1,6 +1,6 @@
 """File-system helpers of the base layer: atomic writes (every output medfcn creates goes to a temp file or
 folder beside it and is renamed into place, so an interrupted run never leaves half a file under the final
-name), the file hasher, and the working-directory switch that bundle macros need."""
+name), and the file hasher."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "file_sha256",
-    "working_directory",
 ]
 
 _UMASK = os.umask(0o022)  # read the process umask (os.umask sets and returns it) ...
@@ -94,20 +93,3 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def working_directory(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Run the block with ``path`` as the working directory, then go back (``contextlib.chdir`` of Python 3.11,
-    which 3.10 lacks).
-
-    MONAI resolves bundle macros (``"%configs/inference.json#pixdim"``) relative to the working directory, and
-    bundles are written to be run from their root, as ``python -m monai.bundle run`` is. The working directory
-    belongs to the process: do not use this from several threads at once.
-    """
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)

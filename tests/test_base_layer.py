@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medfcn._io import atomic_dir, atomic_write_text, working_directory
+from medfcn._io import atomic_dir, atomic_write_text
 from medfcn.errors import InputError, one_line, root_cause
 
 
@@ -27,13 +27,6 @@ def test_one_line_of_the_root_cause_names_its_type() -> None:
         assert root_cause(ValueError("x")).args == ("x",)
     assert one_line(ValueError(""), typed=True) == "ValueError"
 
-
-def test_working_directory_goes_back_even_on_error(tmp_path: Path) -> None:
-    before = Path.cwd()
-    with pytest.raises(RuntimeError), working_directory(tmp_path):
-        assert Path.cwd() == tmp_path.resolve()
-        raise RuntimeError("boom")
-    assert Path.cwd() == before
 
 
 def test_atomic_write_text_leaves_no_temp_file(tmp_path: Path) -> None:

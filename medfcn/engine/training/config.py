@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfcn._io import working_directory
+from medfcn.bundle import working_directory
 from medfcn.errors import BundleError, DataError, InputError, one_line, root_cause
 
 __all__ = [

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medfcn._io import atomic_write_json, working_directory
+from medfcn._io import atomic_write_json
+from medfcn.bundle import working_directory
 from medfcn.engine.training.config import (
     check_fold,
     check_patch_size,

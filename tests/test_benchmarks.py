@@ -23,14 +23,15 @@ def _run(*args: str) -> str:
 def test_bench_inference_prints_ratio_and_target_tables_without_trained_weights() -> None:
     out = _run(
         "benchmarks/bench_inference.py", "--sizes", "40x36x24", "--repeats", "1", "--threads", "1",
-        "--modes", "net", "--precisions", "fp32", "bf16", "--no-infer-cli",
+        "--modes", "net", "--precisions", "fp32", "bf16", "--no-infer-cli", "--no-stages",
     )  # fmt: skip
     rows = [line for line in out.splitlines() if line.startswith("| 40x36x24")]
     # 2 nets x 2 precisions, every one measured (no "error" cell)
     measured = [r for r in rows if "| net " in r and ("| fcn " in r or "| unet " in r)]
     assert len(measured) == 4 and not any("error" in r for r in measured), out
     assert "UNet / FCN time, fp32" in out and "fcn: fp32 / bf16 time" in out
-    assert "## Targets of issue 7" in out
+    assert "## Targets (issues 7 and 15" in out
+    assert "## Stages" not in out  # --no-stages: the 512x512x300 stage table takes minutes
     assert "## Whole `medfcn infer`" not in out  # --no-infer-cli
     assert out.count("FCN >= 1.5x faster than UNet") == 2
     if not (REPO / "bundles" / "liver" / "models" / "model.pt").exists():

@@ -28,7 +28,6 @@ __all__ = [
     "missing_dataset",
     "params_view",
     "parse_overrides",
-    "read_raw_config",
     "split_params",
     "split_record",
 ]
@@ -107,14 +106,11 @@ def split_record(
     config_files: Sequence[str], updates: Mapping[str, Any], root: Path, raw: Mapping[str, Any]
 ) -> dict[str, Any] | None:
     """The train/validation split the config will use (``split``), for ``split.json`` and MLflow."""
-    from monai.bundle import ConfigParser
+    from medfcn.bundle import load_bundle
 
     if "split" not in raw:
         return None
-    parser = ConfigParser()
-    parser.read_config(list(config_files))
-    for key, value in updates.items():
-        parser[key] = value
+    parser = load_bundle(root).parser([Path(f).name for f in config_files], updates, macros=False, writers=True)
     try:
         with working_directory(root):
             train_items, val_items = parser.get_parsed_content("split")
@@ -196,20 +192,6 @@ def check_patch_size(parser: Any, train_json: Path) -> None:
             f"normalise; the smallest valid patch has more than {total} voxels on one axis (e.g. {smallest}), "
             f"multiples of the stride work best: set \"patch_size\": {example} in configs/inference.json"
         )
-
-
-def read_raw_config(files: Sequence[str]) -> dict[str, Any]:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    try:
-        parser.read_config(list(files))
-    except (OSError, ValueError) as err:
-        raise BundleError(f"cannot read {', '.join(files)}: {err}") from err
-    config = parser.get()
-    if not isinstance(config, dict):
-        raise BundleError(f"{files[0]}: expected a JSON object at the top level")
-    return config
 
 
 _PARAM_IDS = (

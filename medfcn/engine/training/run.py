@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medfcn._io import atomic_write_json
-from medfcn.bundle import working_directory
+from medfcn.bundle import load_bundle, working_directory
 from medfcn.engine.training.config import (
     check_fold,
     check_patch_size,
@@ -26,7 +26,6 @@ from medfcn.engine.training.config import (
     missing_dataset,
     params_view,
     parse_overrides,
-    read_raw_config,
     split_params,
     split_record,
 )
@@ -235,7 +234,8 @@ def _plan(
             raise BundleError(f"{multi} not found: needed to train under torchrun (WORLD_SIZE={world})")
         config_files.append(str(multi))
 
-    raw = read_raw_config(config_files)
+    bundle_door = load_bundle(root)  # the one door into a bundle folder (configs read as their text, no macros)
+    raw = bundle_door.config([Path(f).name for f in config_files], macros=False)
     updates: dict[str, Any] = {"bundle_root": str(root)}
     if fold is not None or num_folds is not None:
         fold, folds = check_fold(fold, num_folds, raw, train_json)
@@ -331,7 +331,7 @@ def _build(
     """The ``ConfigWorkflow`` with its parser, trainer and evaluator (``None`` without ``validate#evaluator``)."""
     from monai.bundle import ConfigWorkflow
 
-    inference = read_raw_config([str(plan.configs / "inference.json")])
+    inference = load_bundle(plan.configs.parent).config("inference.json", macros=False)
     settings = tracker.settings(
         params={**params_view(plan.raw, plan.updates, meta, inference), **split_params(split)},
         metadata=meta,

@@ -18,10 +18,11 @@ import pydicom
 import pytest
 from monai.transforms import LoadImage
 
+from medfcn.bundle import load_bundle
 from medfcn.data.cases import Case
 from medfcn.data.dicom.rtstruct import mask_contours, rasterise_contours, write_rtstruct
 from medfcn.data.dicom.seg import label_to_frames, write_dicom_seg
-from medfcn.data.dicom.segment_codes import class_table, read_metadata
+from medfcn.data.dicom.segment_codes import class_table
 from medfcn.data.discovery import find_cases
 from medfcn.data.readers import DicomSeriesReader
 
@@ -61,7 +62,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     src = np.linalg.inv(np.asarray(ts.affine)) @ affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
     idx = np.rint(src[:3]).astype(int)
     label = (np.asarray(ts)[idx[0], idx[1], idx[2]].reshape(tuple(image.shape)) == 5).astype(np.uint8)
-    table = class_table(read_metadata(LIVER))
+    table = class_table(load_bundle(LIVER).metadata)
     seg = write_dicom_seg(
         label,
         affine,

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from medfcn.bundle import load_bundle
 from medfcn.data.dicom.seg import segment_descriptions
-from medfcn.data.dicom.segment_codes import class_table, read_metadata
+from medfcn.data.dicom.segment_codes import class_table
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "workflows" / "liver_seg_app"
@@ -86,12 +87,12 @@ def _rows(meta: dict[str, Any]) -> list[list[Any]]:
 
 
 def test_medfcn_codes_come_from_the_bundle_metadata() -> None:
-    liver = _rows(read_metadata(REPO / "bundles" / "liver"))
+    liver = _rows(load_bundle(REPO / "bundles" / "liver").metadata)
     assert liver == [
         [1, "liver", ["SCT", "91723000", "Anatomical Structure"], ["SCT", "10200004", "Liver"], None,
-         "medfcn liver bundle " + read_metadata(REPO / "bundles" / "liver")["version"], None],
+         "medfcn liver bundle " + load_bundle(REPO / "bundles" / "liver").metadata["version"], None],
         [2, "tumour", ["SCT", "49755003", "Morphologically Abnormal Structure"], ["SCT", "108369006", "Neoplasm"],
-         None, "medfcn liver bundle " + read_metadata(REPO / "bundles" / "liver")["version"],
+         None, "medfcn liver bundle " + load_bundle(REPO / "bundles" / "liver").metadata["version"],
          ["SCT", "10200004", "Liver"]],
     ]  # fmt: skip
     hippo = _rows(HIPPOCAMPUS_META)
@@ -101,7 +102,7 @@ def test_medfcn_codes_come_from_the_bundle_metadata() -> None:
 
 
 def test_deploy_app_writes_the_same_codes(deploy_python: Path) -> None:
-    metas = [read_metadata(REPO / "bundles" / "liver"), HIPPOCAMPUS_META]
+    metas = [load_bundle(REPO / "bundles" / "liver").metadata, HIPPOCAMPUS_META]
     result = subprocess.run(
         [str(deploy_python), "-c", _DUMP, str(APP)],
         input=json.dumps(metas),

@@ -32,11 +32,8 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from medfcn.errors import BundleError
@@ -52,7 +49,6 @@ __all__ = [
     "class_table",
     "labels_document",
     "preview_window",
-    "read_metadata",
     "to_code",
     "volume_ranges",
 ]
@@ -305,24 +301,6 @@ def labels_document(table: Mapping[int, ClassInfo], *, bundle: str, version: str
         "background": 0,
         "classes": {str(v): c.to_dict() for v, c in sorted(table.items())},
     }
-
-
-def read_metadata(bundle: str | os.PathLike[str]) -> dict[str, Any]:
-    """``configs/metadata.json`` of a bundle folder (``{}`` when the file is missing).
-
-    Raises:
-        BundleError: the file exists but is not a JSON object.
-    """
-    path = Path(bundle) / "configs" / "metadata.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BundleError(f"cannot read {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise BundleError(f"{path} must hold a JSON object")
-    return data
 
 
 def to_code(code: Code) -> Any:

@@ -7,8 +7,9 @@ NIfTI must hold what its header declares before anything allocates it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -45,6 +46,15 @@ def nifti_size_problem(img: Any, path: Path) -> str | None:
     return f"truncated NIfTI file: header declares {dims} {dtype} voxels ({need:.3g} bytes) but the file has {have} bytes"
 
 
+def _volume_case(f: FoundFile, kind: Literal["nifti", "image"], shape: Sequence[int], spacing: Sequence[float]) -> Case:
+    """The case of one volume file; 2D headers get a third axis of one slice (1 mm)."""
+    s = [int(v) for v in shape[:3]] + [1] * (3 - len(shape[:3]))
+    z = [float(v) for v in spacing[:3]] + [1.0] * (3 - len(spacing[:3]))
+    return Case(
+        id="", source=f.rel, kind=kind, paths=[f.path], n_slices=s[2], shape=(s[0], s[1], s[2]), spacing=(z[0], z[1], z[2])
+    )
+
+
 def nifti_case(f: FoundFile, skip_label_maps: bool = True) -> Case | Skipped:
     """A NIfTI file from its header (voxels are read only to tell a label map, see :mod:`.labelmaps`)."""
     import nibabel as nib
@@ -64,19 +74,7 @@ def nifti_case(f: FoundFile, skip_label_maps: bool = True) -> Case | Skipped:
         label = label_map_reason(img.dataobj, shape, img.get_data_dtype(), f.path.name)
         if label:
             return Skipped(f.rel, label)
-    while len(shape) < 3:
-        shape = (*shape, 1)
-    while len(zooms) < 3:
-        zooms = (*zooms, 1.0)
-    return Case(
-        id="",
-        source=f.rel,
-        kind="nifti",
-        paths=[f.path],
-        n_slices=shape[2],
-        shape=(shape[0], shape[1], shape[2]),
-        spacing=(zooms[0], zooms[1], zooms[2]),
-    )
+    return _volume_case(f, "nifti", shape, zooms)
 
 
 def image_case(f: FoundFile, skip_label_maps: bool = True) -> Case | Skipped:
@@ -106,15 +104,7 @@ def image_case(f: FoundFile, skip_label_maps: bool = True) -> Case | Skipped:
         label = label_map_reason(voxels, size, dtype, f.path.name)
         if label:
             return Skipped(f.rel, label)
-    return Case(
-        id="",
-        source=f.rel,
-        kind="image",
-        paths=[f.path],
-        n_slices=size[2],
-        shape=(size[0], size[1], size[2]),
-        spacing=(spacing[0], spacing[1], spacing[2]),
-    )
+    return _volume_case(f, "image", size, spacing)
 
 
 class _LazyImageVoxels:

@@ -25,6 +25,13 @@ __all__ = ["FoundFile", "companion_files", "link_problem", "safe_id", "short_has
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 
 
+
+def _os_problem(err: OSError, denied: str, cannot: str) -> str:
+    """A skip reason for an OS error: ``denied`` for a permission error, else ``cannot (strerror)``."""
+    if isinstance(err, PermissionError):
+        return denied
+    return f"{cannot} ({err.strerror or type(err).__name__})"
+
 def _posix(parent: str, name: str) -> str:
     return name if parent == "." else f"{parent}/{name}"
 
@@ -85,11 +92,8 @@ def walk(root: Path, skipped: list[Skipped]) -> list[FoundFile]:
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except PermissionError:
-            skipped.append(Skipped(rel, "permission denied (folder cannot be listed)"))
-            continue
         except OSError as err:
-            skipped.append(Skipped(rel, f"cannot list folder ({err.strerror or type(err).__name__})"))
+            skipped.append(Skipped(rel, _os_problem(err, "permission denied (folder cannot be listed)", "cannot list folder")))
             continue
         subdirs: list[tuple[Path, str]] = []
         for entry in entries:
@@ -105,11 +109,8 @@ def walk(root: Path, skipped: list[Skipped]) -> list[FoundFile]:
                         skipped.append(Skipped(erel, problem))
                         continue
                 mode = os.stat(entry.path).st_mode  # follows links
-            except PermissionError:
-                skipped.append(Skipped(erel, "permission denied"))
-                continue
             except OSError as err:
-                skipped.append(Skipped(erel, f"cannot read ({err.strerror or type(err).__name__})"))
+                skipped.append(Skipped(erel, _os_problem(err, "permission denied", "cannot read")))
                 continue
             if stat.S_ISDIR(mode):
                 if is_link:

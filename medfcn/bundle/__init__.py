@@ -160,7 +160,8 @@ class Bundle:
                 if name in ("RandAxisFlipd", "RandAxisFlip") or (name in ("RandFlipd", "RandFlip") and axis is None):
                     axes.update(range(spatial_dims))
                 elif name in ("RandFlipd", "RandFlip"):
-                    axes.update([axis] if isinstance(axis, int) else [a for a in axis if isinstance(a, int)] if isinstance(axis, list) else [])
+                    listed = axis if isinstance(axis, list) else [axis]
+                    axes.update(a for a in listed if isinstance(a, int))
                 stack.extend(node.values())
             elif isinstance(node, list):
                 stack.extend(node)

@@ -61,8 +61,7 @@ class MirroredSlidingWindowInferer(SlidingWindowInferer):
             dims = [2 + axis]
             mirrored = torch.as_tensor(super().__call__(torch.flip(inputs, dims), network, *args, **kwargs))
             total = total + torch.flip(mirrored, dims)
-        out = total / (1 + len(self.mirror_axes))
-        return out
+        return total / (1 + len(self.mirror_axes))
 
 
 def tta_axes(
@@ -77,7 +76,10 @@ def tta_axes(
     """
     if tta is False or tta is None:
         return None
-    requested = (tuple(range(spatial_dims)) if trained is None else tuple(trained)) if tta is True else tuple(int(a) for a in tta)
+    if tta is True:
+        requested = tuple(range(spatial_dims)) if trained is None else tuple(trained)
+    else:
+        requested = tuple(int(a) for a in tta)
     if any(a < 0 or a >= spatial_dims for a in requested) or len(set(requested)) != len(requested):
         raise InputError(f"tta axes must be distinct spatial axes in 0..{spatial_dims - 1}, got {list(requested)}")
     axes = tuple(a for a in requested if a not in mirrored)

@@ -102,6 +102,15 @@ def is_dicom_seg(path: str | os.PathLike[str]) -> bool:
     return str(ds.get("SOPClassUID", "")) in SEGMENTATION_SOP_CLASSES or ds.get("Modality") == "SEG"
 
 
+def _reference_problem(seg: Any, series_uid: str, where: str) -> str | None:
+    """Why ``seg`` does not annotate the series ``series_uid`` (its ReferencedSeriesSequence), or ``None``."""
+    referenced = [str(r.SeriesInstanceUID) for r in seg.get("ReferencedSeriesSequence", [])]
+    if series_uid in referenced:
+        return None
+    refs = ", ".join(_short(u) for u in referenced) or "none"
+    return f"{where}: the SEG references another series ({refs}), not the image series {_short(series_uid)}"
+
+
 def seg_pairing_error(seg_path: str | os.PathLike[str], image: Any) -> str | None:
     """Why the SEG ``seg_path`` cannot label ``image`` (a DICOM series folder or its files), or ``None``.
 
@@ -129,11 +138,7 @@ def seg_pairing_error(seg_path: str | os.PathLike[str], image: Any) -> str | Non
     series = str(ref.get("SeriesInstanceUID", "")) if ref is not None else ""
     if not series:
         return f"{seg_path}: a DICOM SEG labels a DICOM series, but its image is not one"
-    referenced = [str(r.SeriesInstanceUID) for r in seg.get("ReferencedSeriesSequence", [])]
-    if series not in referenced:
-        refs = ", ".join(_short(u) for u in referenced) or "none"
-        return f"{seg_path}: the SEG references another series ({refs}), not its image's series {_short(series)}"
-    return None
+    return _reference_problem(seg, series, str(seg_path))
 
 
 def parse_segment_map(text: str | Mapping[str, Any] | None) -> dict[str, str]:
@@ -270,12 +275,9 @@ def read_seg_label(
     table = as_class_table(classes)
     geom = _reference_geometry(reference)
     series_uid = geom.headers[0].series_uid
-    referenced = [str(r.SeriesInstanceUID) for r in ds.get("ReferencedSeriesSequence", [])]
-    if series_uid not in referenced:
-        refs = ", ".join(_short(u) for u in referenced) or "none"
-        raise InputError(
-            f"{where}: the SEG references another series ({refs}), not the image series {_short(series_uid)}"
-        )
+    problem = _reference_problem(ds, series_uid, where)
+    if problem:
+        raise InputError(problem)
     mapped, ignored = _map_segments(ds, table, parse_segment_map(mapping), where)
     seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
     report = SegLabelReport(mapped=mapped, ignored=ignored, fractional=seg_type == "FRACTIONAL")

@@ -8,21 +8,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from _dicom_refs import DCMQI, needs_dcmqi
 from monai.transforms import LoadImage
 
 from medfcn.data.dicom.seg import write_dicom_seg
 from medfcn.data.discovery import find_cases
 from medfcn.data.readers import DicomSeriesReader
-
-DCMQI = (
-    Path(__file__).resolve().parents[4]
-    / "shared"
-    / "data"
-    / "dicom-seg-references"
-    / "dcmqi"
-    / "segmentations"
-)
-needs_dcmqi = pytest.mark.skipif(not DCMQI.is_dir(), reason=f"real DICOM references missing: {DCMQI}")
 
 
 def _load(case_input: object) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from _dicom_refs import DCMQI, needs_dcmqi
 from monai.transforms import LoadImage, LoadImaged
 
 from medfcn.data.dicom.seg import write_dicom_seg
@@ -17,15 +18,6 @@ from medfcn.data.readers import DicomSeriesReader
 from medfcn.data.synthetic import make_phantom, write_dicom_series
 from medfcn.errors import InputError
 
-DCMQI = (
-    Path(__file__).resolve().parents[4]
-    / "shared"
-    / "data"
-    / "dicom-seg-references"
-    / "dcmqi"
-    / "segmentations"
-)
-needs_dcmqi = pytest.mark.skipif(not DCMQI.is_dir(), reason=f"real DICOM references missing: {DCMQI}")
 load = LoadImage(reader=DicomSeriesReader(), image_only=True)
 
 

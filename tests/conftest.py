@@ -84,3 +84,15 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: 
     )
     assert (bundle / "models" / "model.pt").is_file()
     return bundle
+
+
+@pytest.fixture
+def private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system temp folder of this test alone, so that "nothing left in the temp folder" checks do not
+    see another xdist worker's extractions of the same moment."""
+    import tempfile
+
+    folder = tmp_path / "systmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -33,6 +33,9 @@ def _zip(path: Path, members: dict[str, Path | bytes]) -> Path:
     return path
 
 
+pytestmark = pytest.mark.usefixtures("private_tempdir")  # temp-folder checks see this test's files only
+
+
 def _medfcn_temps() -> set[str]:
     import tempfile
 

@@ -14,21 +14,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from _dicom_refs import DCMQI
 from _inference_support import ThresholdNet, copy_bundle, hu_to_input
 
 from medfcn.data.synthetic import make_phantom, write_dicom_series
 from medfcn.engine import inference
 from medfcn.engine.inference import Segmenter, segment_folder
 from medfcn.errors import InputError
-
-DCMQI = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "data"
-    / "dicom-seg-references"
-    / "dcmqi"
-    / "segmentations"
-)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +63,9 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / "broken_enhanced").mkdir()
         ds.save_as(root / "broken_enhanced" / "mf.dcm")
     return root
+
+
+pytestmark = pytest.mark.usefixtures("private_tempdir")  # temp-folder checks see this test's files only
 
 
 def _temps() -> set[str]:

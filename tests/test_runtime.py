@@ -96,13 +96,31 @@ def test_fp32_layers_run_with_autocast_off() -> None:
 def test_autocast_dtype_is_one_rule() -> None:
     assert autocast_dtype("cpu", None) is None  # off on the CPU by default
     assert autocast_dtype("cpu", False) is None
-    assert autocast_dtype("cpu", True) == torch.bfloat16
-    assert autocast_dtype("cpu", "bf16") == torch.bfloat16
+    assert autocast_dtype("cpu", True, units=AMX) == torch.bfloat16
+    assert autocast_dtype("cpu", True, units=["AVX512-BF16"]) == torch.bfloat16
+    assert autocast_dtype("cpu", "bf16", units=[]) == torch.bfloat16  # forced
     assert autocast_dtype("mps", True) == torch.float16
     with pytest.raises(InputError, match="fp16"):
         autocast_dtype("cpu", "fp16")
     with pytest.raises(InputError, match="amp_dtype"):
         autocast_dtype("cpu", True, "int8")
+
+
+def test_amp_on_a_cpu_without_bf16_units_runs_fp32_and_says_why_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import medfcn.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_NO_BF16_UNITS_SAID", False)
+    with caplog.at_level(logging.WARNING, logger="medfcn.runtime"):
+        assert autocast_dtype("cpu", True, units=[]) is None
+        assert autocast_dtype("cpu", True, "auto", units=[]) is None
+    said = [r.getMessage() for r in caplog.records if "no bf16 units" in r.getMessage()]
+    assert len(said) == 1 and "running in fp32" in said[0]
+    plan = apply_precision_policy(_liver_like(), None, "cpu", amp_requested=True)
+    assert plan.dtype == "float32" and "no bf16 units" in plan.rule and plan.fp32_layers == ()
+    assert "no bf16 units" not in apply_precision_policy(_liver_like(), None, "cpu").rule
+    assert "fp32 on this CPU" in runtime.describe_policy([])
 
 
 def test_device_mps_is_accepted_where_torch_has_it(monkeypatch: pytest.MonkeyPatch) -> None:

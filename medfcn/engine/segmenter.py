@@ -235,6 +235,7 @@ class Segmenter:
         config_file = self.bundle.config_file("inference")
         self.device = resolve_device(device)
         self.amp_dtype = autocast_dtype(self.device, amp)
+        self._amp_requested = amp not in (None, False)
         units = cpu_bf16_units() if amp is None and self.device.type == "cpu" else []
         if units:
             # fp32 stays the CPU default (the same numbers as `monai.bundle run` of the bundle), but say so
@@ -332,7 +333,9 @@ class Segmenter:
         roi = list(getattr(self.inferer, "roi_size", None) or [])
         call_shape = (int(getattr(self.inferer, "sw_batch_size", 1)), self.in_channels or 1, *roi) if roi else None
         # per-layer precision under CPU bf16 (medfcn.runtime): recorded in run.json, named by `medfcn info`
-        self.precision = apply_precision_policy(net, self.amp_dtype, self.device, input_shape=call_shape)
+        self.precision = apply_precision_policy(
+            net, self.amp_dtype, self.device, input_shape=call_shape, amp_requested=self._amp_requested
+        )
         self._network = net
 
     # -- one case

@@ -154,7 +154,7 @@ def test_bundle_weights_options_and_bf16(bundle: Path, sphere_case: dict) -> Non
     assert seg.class_names[1] == "liver" and seg.name == "liver"
     pred = seg(sphere_case["path"])
     assert set(np.unique(pred.label.numpy())) <= set(seg.class_names)
-    bf16 = Segmenter(bundle, device="cpu", amp=True)
+    bf16 = Segmenter(bundle, device="cpu", amp="bf16")
     assert bf16.amp_dtype == torch.bfloat16
     agree = (bf16(sphere_case["path"]).label == pred.label).float().mean().item()
     assert agree > 0.9

@@ -19,8 +19,9 @@ from _liver_support import TINY_TRAINING, copy_liver_bundle
 
 def test_autocast_dtype_rules() -> None:
     assert autocast_dtype("cpu", False) is None
-    assert autocast_dtype("cpu", True) == torch.bfloat16
-    assert autocast_dtype("cpu", True, "bf16") == torch.bfloat16
+    assert autocast_dtype("cpu", True, units=["AVX512-BF16"]) == torch.bfloat16
+    assert autocast_dtype("cpu", True, units=[]) is None  # no bf16 units: emulated bf16 is slower, fp32
+    assert autocast_dtype("cpu", True, "bf16", units=[]) == torch.bfloat16  # an explicit dtype forces it
     with pytest.raises(InputError, match=r"fp16.*CUDA"):
         autocast_dtype("cpu", True, "fp16")
     with pytest.raises(InputError, match="amp_dtype"):
@@ -58,7 +59,7 @@ def test_gradients_are_clipped_after_the_backward_pass() -> None:
 
 
 def test_cpu_bf16_autocast_runs_the_forward_pass_in_bf16() -> None:
-    trainer = _tiny_trainer(amp=True, grad_clip_norm=1.0)
+    trainer = _tiny_trainer(amp=True, amp_dtype="bf16", grad_clip_norm=1.0)  # forced: any CPU runs it
     seen: list[torch.dtype] = []
     trainer.network.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer.run()

@@ -60,7 +60,9 @@ def test_importing_inference_loads_no_framework() -> None:
     assert not any(loaded.values()), loaded
 
 
-_UNNEEDED = ("mlflow", "monai.handlers", "monai.engines", "monai.apps.auto3dseg", "ignite", "pandas", "matplotlib")
+_UNNEEDED = (
+    "mlflow", "monai.handlers", "monai.engines", "monai.apps.auto3dseg", "ignite", "pandas", "matplotlib", "scipy.signal",
+)
 
 
 def test_one_case_infer_imports_only_what_inference_needs(tmp_path: Path) -> None:

@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from medfcn.runtime import apply_precision_policy, cpu_bf16_units, layer_precisions
+    from medfcn.runtime import apply_precision_policy, autocast_dtype, cpu_bf16_units, layer_precisions
 
     units = cpu_bf16_units()
+    amp_dtype = autocast_dtype("cpu", True, units=units)  # what --amp runs in here: None (fp32) without bf16 units
     print(f"# bench_bf16 {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, threads={args.threads}, "
@@ -199,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     apply_precision_policy(all_bf16, torch.bfloat16, "cpu", units=["AVX512-BF16"])
     x = torch.randn(args.batch, 1, *args.patch, generator=torch.Generator().manual_seed(0))
     policy_net = copy.deepcopy(net)
-    plan = apply_precision_policy(policy_net, torch.bfloat16, "cpu", units=units, input_shape=tuple(x.shape))
-    chosen = layer_precisions(policy_net)
+    plan = apply_precision_policy(
+        policy_net, amp_dtype, "cpu", units=units, input_shape=tuple(x.shape), amp_requested=True
+    )
+    chosen = layer_precisions(policy_net) if amp_dtype is not None else dict.fromkeys(layer_precisions(net), "fp32")
     calls32 = _conv_calls(net, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         calls16 = _conv_calls(all_bf16, x)
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     w32, w16, wpol = _interleaved(
-        [(lambda: net(x), False), (lambda: net(x), True), (lambda: policy_net(x), True)],
+        [(lambda: net(x), False), (lambda: net(x), True), (lambda: policy_net(x), amp_dtype is not None)],
         args.warmup,
         args.repeats,
         args.stat,

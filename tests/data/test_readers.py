@@ -409,6 +409,35 @@ def test_nifti_is_handed_to_monai_nibabel_reader_unchanged(shared_data: Path) ->
     np.testing.assert_array_equal(ours.numpy(), np.asarray(nii.dataobj, dtype=np.float32))
 
 
+@pytest.mark.parametrize(
+    "dtype, scaled", [("<i2", False), ("<i2", True), (">i2", False), ("<f4", False), ("<u1", False)]
+)
+def test_nifti_voxels_come_in_c_order_with_monai_values(tmp_path: Path, dtype: str, scaled: bool) -> None:
+    """The NIfTI array is made C-contiguous by torch (faster than MONAI's numpy copy): same values, same dtype
+    out of LoadImage, for native and byte-swapped (left to MONAI) data, with and without scaling."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 200, (37, 41, 29)).astype(dtype)
+    affine = np.array([[-1.5, 0.1, 0.0, 10.0], [0.0, 1.5, 0.2, -4.0], [0.0, 0.0, 3.0, 7.0], [0, 0, 0, 1.0]])
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(np.dtype(dtype))
+    if scaled:
+        img.header.set_slope_inter(0.5, -1024.0)
+    path = tmp_path / "case.nii.gz"
+    nib.save(img, str(path))
+    nifti = np.asanyarray(nib.load(str(path)).dataobj)
+    assert not nifti.flags.c_contiguous  # what nibabel hands over: Fortran order
+    reader = DicomSeriesReader()
+    array, _ = reader.get_data(reader.read(str(path)))
+    assert array.flags.c_contiguous and array.dtype == nifti.dtype
+    np.testing.assert_array_equal(array, nifti)
+    for dt in (None, np.float32):
+        ours = LoadImage(reader=READER, image_only=True, dtype=dt)(str(path))
+        monai = LoadImage(reader="NibabelReader", image_only=True, dtype=dt)(str(path))
+        assert ours.dtype == monai.dtype
+        np.testing.assert_array_equal(ours.numpy(), monai.numpy())
+        np.testing.assert_array_equal(ours.affine.numpy(), monai.affine.numpy())
+
+
 def test_nifti_label_keeps_its_values(shared_data: Path) -> None:
     label = load(str(shared_data / "monai-testing-data" / "anatomical_label.nii.gz"))
     assert set(np.unique(label.numpy()).tolist()) == {0.0, 1.0}

@@ -114,13 +114,15 @@ def info(
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             rows.append((f"cuda:{i}", torch.cuda.get_device_name(i)))
-    bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
-    rows.append(("bf16 autocast", "yes" if bf16 else "no"))
     from medfcn.runtime import cpu_bf16_units, describe_policy
 
     units = cpu_bf16_units()
+    if torch.cuda.is_available():
+        rows.append(("bf16 autocast", "yes" if torch.cuda.is_bf16_supported() else "no (fp16)"))
+    else:
+        rows.append(("bf16 autocast", "yes" if units else "no: emulated only, --amp runs fp32"))
     if not units:
-        units_text = "no (keep fp32)"
+        units_text = "no (--amp runs fp32)"
     elif "AMX" in units:
         units_text = f"yes: {', '.join(units)} (--amp is much faster on the CPU)"
     else:

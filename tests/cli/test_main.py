@@ -54,6 +54,9 @@ def test_info_reports_versions_and_devices() -> None:
     for unit in cpu_bf16_units():
         assert unit in bf16_row
     assert ("no AMX" in bf16_row) == (cpu_has_bf16() and "AMX" not in cpu_bf16_units())
+    if not torch.cuda.is_available():  # what --amp does on this CPU
+        autocast_row = next(line for line in result.output.splitlines() if line.startswith("bf16 autocast"))
+        assert ("--amp runs fp32" in autocast_row) == (not cpu_has_bf16())
 
 
 def test_cpu_bf16_detection_agrees_with_the_kernel_flags() -> None:

@@ -182,6 +182,23 @@ def test_bundle_weights_options_and_bf16(bundle: Path, sphere_case: dict) -> Non
     assert seg.describe()["sw_batch_size"] == 3
 
 
+def test_amp_on_a_cpu_without_bf16_units_segments_in_fp32_and_records_why(
+    bundle: Path, sphere_case: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medfcn.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: [])
+    fp32 = Segmenter(bundle, device="cpu", amp=False)
+    amp = Segmenter(bundle, device="cpu", amp=True)
+    assert amp.amp_dtype is None
+    record = amp.describe()
+    assert record["amp"] is None and record["precision"]["dtype"] == "float32"
+    assert "no bf16 units" in record["precision"]["rule"]
+    assert "no bf16 units" not in fp32.describe()["precision"]["rule"]
+    a, b = amp(sphere_case["path"]), fp32(sphere_case["path"])
+    assert torch.equal(a.label, b.label) and torch.equal(a.probabilities, b.probabilities)
+
+
 def test_torchscript_fallback(bundle: Path, sphere_case: dict, tmp_path: Path) -> None:
     ts_bundle = copy_bundle(tmp_path / "ts", weights=True)
     ref = Segmenter(ts_bundle, device="cpu")

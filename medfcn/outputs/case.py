@@ -174,64 +174,63 @@ def write_case(
     kept = sorted(int(v) for v in opts.classes)
     if set(kept) != {int(v) for v in segmenter.class_names if int(v) != 0}:
         label = np.where(np.isin(label, kept), label, 0).astype(np.uint8)  # --classes: the others -> 0
-    image = pred.image[0].numpy()
-    probs = pred.probabilities.numpy() if pred.probabilities is not None else None
+    arrays = _Arrays(
+        label=label,
+        image=pred.image[0].numpy(),
+        probs=pred.probabilities.numpy() if pred.probabilities is not None else None,
+        affine=affine,
+    )
     # A second thread compresses the NIfTI files (zlib releases the GIL) and draws the preview while this
     # one writes the DICOM objects and the statistics: 3 s less per 512x512x300 CT on 2 cores.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medfcn-outputs") as pool:
-        images = pool.submit(_write_images, label, image, probs, affine, case_dir, opts)
-        stats = _write_the_rest(segmenter, case, pred, label, image, probs, affine, case_dir, opts)
+        images = pool.submit(_write_images, arrays, case_dir, opts)
+        stats = _write_the_rest(segmenter, case, pred, arrays, case_dir, opts)
         images.result()  # re-raises a failed write: the case is not done
     return stats
 
 
-def _write_images(
-    label: np.ndarray,
-    image: np.ndarray,
-    probs: np.ndarray | None,
-    affine: np.ndarray,
-    case_dir: Path,
-    opts: OutputOptions,
-) -> None:
+@dataclass(frozen=True)
+class _Arrays:
+    """What the writers of one case read (never modify): the label map, the scan, the probabilities, the grid."""
+
+    label: np.ndarray
+    image: np.ndarray
+    probs: np.ndarray | None
+    affine: np.ndarray
+
+
+def _write_images(a: _Arrays, case_dir: Path, opts: OutputOptions) -> None:
     """``mask.nii.gz``, the per-class masks, the probabilities (as the options ask) and ``preview.png``."""
-    save_nifti(case_dir / CASE_FILES["mask"], label.astype(np.uint8, copy=False), affine)
+    save_nifti(case_dir / CASE_FILES["mask"], a.label.astype(np.uint8, copy=False), a.affine)
     if opts.per_class:
         for value, info in sorted(opts.classes.items()):
-            save_nifti(case_dir / per_class_file(info.name), (label == value).astype(np.uint8), affine)
-    if opts.save_probabilities and probs is not None:
-        save_nifti(case_dir / CASE_FILES["probabilities"], np.moveaxis(probs, 0, -1).astype(np.float32), affine)
+            save_nifti(case_dir / per_class_file(info.name), (a.label == value).astype(np.uint8), a.affine)
+    if opts.save_probabilities and a.probs is not None:
+        save_nifti(case_dir / CASE_FILES["probabilities"], np.moveaxis(a.probs, 0, -1).astype(np.float32), a.affine)
     if opts.previews:
         from medfcn.outputs.preview import render_preview
 
-        sheet = render_preview(image, label, affine, window=opts.window)
+        sheet = render_preview(a.image, a.label, a.affine, window=opts.window)
         atomic_write(case_dir / CASE_FILES["preview"], lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 def _write_the_rest(
-    segmenter: Segmenter,
-    case: Case,
-    pred: Prediction,
-    label: np.ndarray,
-    image: np.ndarray,
-    probs: np.ndarray | None,
-    affine: np.ndarray,
-    case_dir: Path,
-    opts: OutputOptions,
+    segmenter: Segmenter, case: Case, pred: Prediction, a: _Arrays, case_dir: Path, opts: OutputOptions
 ) -> dict[str, Any]:
     """``seg.dcm``/``rtstruct.dcm`` (DICOM input) and ``stats.json``; returns the stats."""
     from medfcn.outputs.stats import case_stats
 
     if case.kind == "dicom":
-        _write_dicom(segmenter, case, label, affine, case_dir, opts)
+        _write_dicom(segmenter, case, a.label, a.affine, case_dir, opts)
     kwargs: dict[str, Any] = {}
     if opts.max_entropy is not None:
         kwargs["max_entropy"] = opts.max_entropy
     stats = case_stats(
-        label,
-        affine,
+        a.label,
+        a.affine,
         class_names={v: c.name for v, c in opts.classes.items()},
-        image=image,
-        probabilities=probs,
+        image=a.image,
+        probabilities=a.probs,
         volume_ranges_ml=opts.volume_ranges_ml,
         **kwargs,
     )

@@ -146,16 +146,14 @@ def _resample_axis(
     # (1 - f) a + f b as one fused lerp (with zero padding the weights need not sum to 1)
     lerp = len(taps) == 2 and w[0] is not None and w[1] is not None
     lerp = lerp and bool(((weights[0] + weights[1]) - 1.0).abs().max() < 1e-6)  # type: ignore[operator]
-    if x.ndim == 1:
-        axis, step = 0, out_shape[0]
-    else:
+    slabs: list[tuple[torch.Tensor, torch.Tensor]] = [(x, out)]  # one line: the whole of it
+    if x.ndim > 1:  # slabs along another axis than the resampled one
         axis = 1 if dim == 0 else 0
-        per_plane = max(1, out.numel() // max(1, out_shape[axis]))
-        step = max(1, _SLAB_ELEMENTS // per_plane)
+        n = out_shape[axis]
+        step = max(1, _SLAB_ELEMENTS // max(1, out.numel() // max(1, n)))
+        slabs = [(x.narrow(axis, i, min(step, n - i)), out.narrow(axis, i, min(step, n - i))) for i in range(0, n, step)]
     lead: tuple[Any, ...] = (slice(None),) * dim
-    for start in range(0, out_shape[axis] if x.ndim > 1 else 1, step):
-        xs = x.narrow(axis, start, min(step, x.shape[axis] - start)) if x.ndim > 1 else x
-        os_ = out.narrow(axis, start, xs.shape[axis]) if x.ndim > 1 else out
+    for xs, os_ in slabs:
         first = xs[(*lead, taps[0])]
         if lerp:
             torch.lerp(first, xs[(*lead, taps[1])], w[1], out=os_)  # type: ignore[arg-type]

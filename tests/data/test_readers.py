@@ -413,29 +413,40 @@ def test_nifti_is_handed_to_monai_nibabel_reader_unchanged(shared_data: Path) ->
     "dtype, scaled", [("<i2", False), ("<i2", True), (">i2", False), ("<f4", False), ("<u1", False)]
 )
 def test_nifti_voxels_come_in_c_order_with_monai_values(tmp_path: Path, dtype: str, scaled: bool) -> None:
-    """The NIfTI array is made C-contiguous by torch (faster than MONAI's numpy copy): same values, same dtype
-    out of LoadImage, for native and byte-swapped (left to MONAI) data, with and without scaling."""
+    """The NIfTI array is made C-contiguous and float32 by torch in one pass (faster than MONAI's numpy copies):
+    the same values and metadata out of LoadImage, for native and byte-swapped (left to MONAI) data, with and
+    without scaling, inflated by ISA-L."""
     rng = np.random.default_rng(0)
     data = rng.integers(0, 200, (37, 41, 29)).astype(dtype)
     affine = np.array([[-1.5, 0.1, 0.0, 10.0], [0.0, 1.5, 0.2, -4.0], [0.0, 0.0, 3.0, 7.0], [0, 0, 0, 1.0]])
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_data_dtype(np.dtype(dtype))
+    header = nib.Nifti1Header(endianness=">" if dtype.startswith(">") else "<")  # truly big-endian on disk
+    header.set_data_dtype(np.dtype(dtype))
+    img = nib.Nifti1Image(data, affine, header=header)
     if scaled:
         img.header.set_slope_inter(0.5, -1024.0)
     path = tmp_path / "case.nii.gz"
     nib.save(img, str(path))
     nifti = np.asanyarray(nib.load(str(path)).dataobj)
     assert not nifti.flags.c_contiguous  # what nibabel hands over: Fortran order
+    assert nifti.dtype.isnative == (not dtype.startswith(">"))
     reader = DicomSeriesReader()
     array, _ = reader.get_data(reader.read(str(path)))
-    assert array.flags.c_contiguous and array.dtype == nifti.dtype
-    np.testing.assert_array_equal(array, nifti)
+    # float32 in the same pass (exact for all of these; scaled: float64 per slab, then float32, as MONAI
+    # casts nibabel's float64); big-endian data in native order (MONAI's LoadImage fails on it)
+    assert array.flags.c_contiguous and array.dtype == np.float32
+    np.testing.assert_array_equal(array, nifti.astype(np.float32))
     for dt in (None, np.float32):
         ours = LoadImage(reader=READER, image_only=True, dtype=dt)(str(path))
+        if dtype.startswith(">") and dt is None:
+            with pytest.raises(ValueError, match="byte order"):  # why medfcn swaps it
+                LoadImage(reader="NibabelReader", image_only=True, dtype=dt)(str(path))
+            continue
         monai = LoadImage(reader="NibabelReader", image_only=True, dtype=dt)(str(path))
-        assert ours.dtype == monai.dtype
+        assert dt is None or ours.dtype == monai.dtype
         np.testing.assert_array_equal(ours.numpy(), monai.numpy())
         np.testing.assert_array_equal(ours.affine.numpy(), monai.affine.numpy())
+        assert ours.meta["filename_or_obj"] == monai.meta["filename_or_obj"]
+        np.testing.assert_array_equal(ours.meta["pixdim"], monai.meta["pixdim"])
 
 
 def test_nifti_label_keeps_its_values(shared_data: Path) -> None:

@@ -156,3 +156,21 @@ def test_largest_component_fraction_of_components_touching_the_borders() -> None
     inner[8, 8, 4] = True  # diagonal neighbour: 26-connected, one component
     assert _largest_component_fraction(inner) == 1.0
     assert _largest_component_fraction(np.zeros((4, 4, 4), bool)) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cc3d_components_are_scipy_26_connected_components(seed: int) -> None:
+    """The fast labeller (cc3d) finds exactly scipy's 26-connected components: same count, same sizes."""
+    from scipy import ndimage
+
+    from medfcn.outputs.stats import _label, _largest_component_fraction, _sizes
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.zoom(rng.random((9, 8, 7)), 4, order=1) > 0.62  # blobs touching along edges and corners
+    mask[0, 0, 0], mask[1, 1, 1] = True, True  # a corner-only contact: one component at 26-connectivity
+    ours, n = _label(mask)
+    ref, n_ref = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    assert n == n_ref > 3
+    np.testing.assert_array_equal(np.sort(_sizes(ours, n)), np.sort(np.bincount(ref.ravel())[1:]))
+    assert (ours > 0).sum() == mask.sum() and ours[0, 0, 0] == ours[1, 1, 1]
+    assert _largest_component_fraction(mask) == pytest.approx(np.bincount(ref.ravel())[1:].max() / mask.sum())

@@ -114,7 +114,7 @@ def info(
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             rows.append((f"cuda:{i}", torch.cuda.get_device_name(i)))
-    from medfcn.runtime import cpu_bf16_units, describe_policy
+    from medfcn.runtime import cpu_bf16_units, describe_policy, huge_pages
 
     units = cpu_bf16_units()
     if torch.cuda.is_available():
@@ -130,6 +130,7 @@ def info(
     rows.append(("cpu bf16 units", units_text))
     rows.append(("cpu bf16 policy", describe_policy(units)))
     rows.append(("cpu threads", str(torch.get_num_threads())))
+    rows.append(("huge pages (tensors)", huge_pages()))
     for module, what in _OPTIONAL_PARTS.items():
         rows.append((f"{module} ({what})", _package_version(module)))
     if bundle is not None:

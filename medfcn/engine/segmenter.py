@@ -47,6 +47,7 @@ from medfcn.runtime import (
     apply_precision_policy,
     autocast_dtype,
     cpu_bf16_units,
+    huge_pages,
     resolve_device,
 )
 
@@ -469,6 +470,7 @@ class Segmenter:
             "device": str(self.device),
             "amp": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
             "precision": self.precision.as_dict() if self.precision is not None else None,
+            "huge_pages": huge_pages(),
             "tta": self.tta,
             "tta_axes": list(self.tta_axes or ()),
             "mirror_axes": list(getattr(self.inferer, "mirror_axes", ())),

@@ -100,3 +100,27 @@ def test_import_is_lazy() -> None:
     code = "import sys, medfcn; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_info_and_run_record_say_whether_tensors_get_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`import medfcn` asks PyTorch for transparent huge pages (unless the user set it); info reports it."""
+    import os
+
+    from medfcn.runtime import huge_pages
+
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] in ("1", "0")  # medfcn's default, or the user's own
+    result = runner.invoke(app, ["info"])
+    row = next(line for line in result.output.splitlines() if line.startswith("huge pages (tensors)"))
+    assert row.endswith(huge_pages())
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        assert huge_pages().startswith("unknown")
+        return
+    if "[madvise]" in mode:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+        assert huge_pages() == "on (kernel THP: madvise)"
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+        assert huge_pages() == "off: THP_MEM_ALLOC_ENABLE=0 (kernel THP: madvise)"
+    elif "[never]" in mode:
+        assert huge_pages() == "off (kernel THP: never)"

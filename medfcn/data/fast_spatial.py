@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
@@ -134,7 +135,14 @@ def _resample_axis(
 
     Gathers by advanced indexing: ``Tensor.index_select`` along the first or the last dimension of a
     large CPU tensor is 10-20x slower in torch 2.x (a per-element path); ``x[..., idx]`` copies slabs.
+    A volume takes the faster paths of :func:`_by_planes` (any axis but the last) and :func:`_by_bands`
+    (the last axis of finite floats), which gather nothing.
     """
+    if x.ndim > 1 and x.is_floating_point() and x.device.type == "cpu":
+        if dim < x.ndim - 1:
+            return _by_planes(x, dim, taps, weights, out)
+        if math.isfinite(float(x.sum())):  # all finite (a zero weight times inf or NaN would spread it)
+            return _by_bands(x, taps, weights, out)
     shape = [1] * x.ndim
     shape[dim] = -1
     out_shape = list(x.shape)
@@ -164,6 +172,70 @@ def _resample_axis(
             assert wt is not None
             first.addcmul_(xs[(*lead, idx)], wt)
         os_.copy_(first)
+    return out
+
+
+def _output(x: torch.Tensor, dim: int, n_out: int, out: torch.Tensor | None) -> torch.Tensor:
+    if out is not None:
+        return out
+    shape = list(x.shape)
+    shape[dim] = n_out
+    return torch.empty(shape, dtype=x.dtype, device=x.device)
+
+
+def _by_planes(
+    x: torch.Tensor,
+    dim: int,
+    taps: list[torch.Tensor],
+    weights: list[torch.Tensor | None],
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`_resample_axis` along ``dim`` (not the last axis): each output plane is the weighted sum of its
+    input planes, written in place (``lerp`` where the two weights sum to 1). No gathered copies: a
+    512-plane pass of a 400x400x375 volume took 0.22 s instead of 0.33 s, and across the middle axis 0.12 s
+    instead of 0.36 s (2 cores)."""
+    n_out = int(taps[0].numel())
+    out = _output(x, dim, n_out, out)
+    index = [t.tolist() for t in taps]
+    w = [None if v is None else v.tolist() for v in weights]
+    for i in range(n_out):
+        o = out.select(dim, i)
+        ws = [1.0 if v is None else v[i] for v in w]
+        planes = [x.select(dim, idx[i]) for idx in index]
+        if len(planes) == 2 and abs(ws[0] + ws[1] - 1.0) < 1e-6:
+            torch.lerp(planes[0], planes[1], ws[1], out=o)
+            continue
+        torch.mul(planes[0], ws[0], out=o)
+        for plane, wt in zip(planes[1:], ws[1:], strict=True):
+            o.add_(plane, alpha=wt)
+    return out
+
+
+_BAND = 32  # output samples per block of the banded matrix product
+
+
+def _by_bands(
+    x: torch.Tensor, taps: list[torch.Tensor], weights: list[torch.Tensor | None], out: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`_resample_axis` along the last axis as a banded matrix product: every line of ``x`` times the
+    ``(n_in, n_out)`` interpolation matrix, ``_BAND`` output samples at a time against only the input
+    samples they read (BLAS, several threads). 0.23-0.29 s instead of 0.40-0.49 s for a 400x400 x 375<->300
+    pass. Finite input only (``0 * inf`` is NaN); a sample with one tap of weight 1 stays exact."""
+    n_in, n_out = int(x.shape[-1]), int(taps[0].numel())
+    out = _output(x, x.ndim - 1, n_out, out)
+    matrix = torch.zeros(n_in, n_out, dtype=x.dtype)
+    columns = torch.arange(n_out)
+    for idx, wt in zip(taps, weights, strict=True):
+        matrix.index_put_((idx, columns), torch.ones(n_out, dtype=x.dtype) if wt is None else wt.to(x.dtype), True)
+    lines, result = x.reshape(-1, n_in), out.view(-1, n_out)
+    for j in range(0, n_out, _BAND):
+        block = matrix[:, j : j + _BAND]
+        used = torch.nonzero(block.abs().sum(1)).flatten()
+        if used.numel() == 0:
+            result[:, j : j + _BAND] = 0.0
+            continue
+        first, last = int(used[0]), int(used[-1]) + 1
+        torch.mm(lines[:, first:last], block[first:last], out=result[:, j : j + _BAND])
     return out
 
 

@@ -13,6 +13,10 @@ volume. Here:
   copy stay in cache (torch, several threads): 0.45 s for that CT instead of 1.7 s. A cast happens only
   where it is exact (integers of up to 16 bits, float16/float32 into float32).
 
+Writing is the mirror image: :func:`save_nifti_image` compresses a ``.nii.gz`` with ISA-L (level 1) and
+:func:`fortran_order` hands nibabel voxels already in the file's order, so that it copies them as they are.
+A 512x512x300 uint8 mask: 2.1 s by ``nibabel.save``, 0.5 s here, the same bytes once inflated.
+
 Example:
     >>> import numpy as np
     >>> f = np.asfortranarray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
@@ -33,7 +37,16 @@ from typing import Any
 import numpy as np
 from monai.data.image_reader import NibabelReader
 
-__all__ = ["GZIP_ERRORS", "FastNibabelReader", "exact_in", "gunzip", "read_nifti", "to_c_order"]
+__all__ = [
+    "GZIP_ERRORS",
+    "FastNibabelReader",
+    "exact_in",
+    "fortran_order",
+    "gunzip",
+    "read_nifti",
+    "save_nifti_image",
+    "to_c_order",
+]
 
 _igzip: Any = None
 _isal_errors: tuple[Any, ...] = ()
@@ -77,6 +90,27 @@ def read_nifti(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     image = klass.from_bytes(data)
     image.set_filename(str(path))  # as nibabel.load leaves it: MONAI's metadata names the file
     return image
+
+
+def fortran_order(array: np.ndarray) -> np.ndarray:
+    """``array``'s values, Fortran-contiguous (NIfTI's voxel order), by :func:`to_c_order` of its transpose.
+
+    nibabel writes a C-ordered volume plane by plane with ``tobytes(order="F")``, a transposing copy that
+    took 0.64-0.84 s for a 512x512x300 uint8 mask; of a Fortran-ordered one it copies the bytes as they are.
+    """
+    return to_c_order(np.asarray(array).T).T
+
+
+def save_nifti_image(image: Any, path: str | os.PathLike[str]) -> None:
+    """``nibabel.save(image, path)``, with a ``.nii.gz`` deflated by ISA-L at level 1 (zlib level 1 is
+    nibabel's default): 4x faster, a slightly smaller file, the same content."""
+    import nibabel as nib
+
+    if _igzip is None or not str(path).lower().endswith(".nii.gz"):
+        nib.save(image, str(path))
+        return
+    with _igzip.open(str(path), "wb", compresslevel=1) as f:
+        image.to_stream(f)
 
 
 def _sizeof_hdr(data: bytes) -> int | None:

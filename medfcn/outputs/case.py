@@ -155,14 +155,17 @@ def output_options(
 
 
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``array`` with ``affine`` (RAS, mm) as NIfTI, qform and sform both set, atomically."""
+    """Write ``array`` with ``affine`` (RAS, mm) as NIfTI, qform and sform both set, atomically (ISA-L
+    deflate and voxels in file order: :mod:`medfcn.data.nifti_io`)."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(array, affine)
+    from medfcn.data.nifti_io import fortran_order, save_nifti_image
+
+    img = nib.Nifti1Image(fortran_order(array), affine)
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    atomic_write(path, lambda tmp: save_nifti_image(img, tmp))
 
 
 def write_case(

@@ -116,3 +116,42 @@ def test_separable_resample_matches_grid_sample_with_offsets() -> None:
         out = resample_axis_aligned(x, scales, offsets, size, mode="bilinear", padding_mode=padding)
         assert out.shape == ref.shape
         assert torch.allclose(out, ref, atol=1e-5), padding
+
+
+def _gathered(x: torch.Tensor, dim: int, taps: list[torch.Tensor], weights: list[torch.Tensor | None]) -> torch.Tensor:
+    """The reference: sum over taps of ``x`` gathered along ``dim`` times the tap's weight, in float64."""
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    total = torch.zeros(())
+    for idx, wt in zip(taps, weights, strict=True):
+        g = torch.index_select(x.double(), dim, idx)
+        total = total + (g if wt is None else g * wt.double().view(shape))
+    return total
+
+
+@pytest.mark.parametrize("mode, padding", [("bilinear", "zeros"), ("bilinear", "border"), ("nearest", "zeros")])
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_plane_and_band_passes_equal_the_gathered_sum(mode: str, padding: str, dim: int) -> None:
+    """The per-plane pass (axes 0, 1) and the banded matrix product (last axis) give the gathered weighted sum:
+    to float32 rounding for linear taps, exactly for nearest taps; the last axis of non-finite data falls back
+    to gathering (a zero weight times inf would spread NaN)."""
+    from medfcn.data.fast_spatial import _axis_taps, _resample_axis
+
+    x = torch.from_numpy(np.random.default_rng(dim).normal(0, 50, (23, 19, 37)).astype(np.float32))
+    for n_out, scale, offset in ((41, 0.53, -1.7), (15, 1.6, 0.4), (70, 0.5, 3.2)):  # up, down, past the edge
+        taps, weights = _axis_taps(x.shape[dim], n_out, scale, offset, mode, padding)
+        got = _resample_axis(x, dim, taps, weights)
+        ref = _gathered(x, dim, taps, weights)
+        assert got.shape == ref.shape and got.dtype == torch.float32
+        if mode == "nearest":
+            assert torch.equal(got, ref.float())
+        else:
+            assert torch.allclose(got.double(), ref, atol=1e-4, rtol=1e-6)
+        into = torch.full(tuple(ref.shape), 7.0)
+        assert _resample_axis(x, dim, taps, weights, out=into) is into and torch.equal(into, got)
+    if dim == 2:
+        y = x.clone()
+        y[3, 4, 5] = float("inf")
+        taps, weights = _axis_taps(37, 30, 1.2, 0.0, mode, padding)
+        got = _resample_axis(y, 2, taps, weights)
+        assert torch.isnan(got).sum() <= 2 and torch.isfinite(got[:3]).all() and torch.isfinite(got[4:]).all()

@@ -94,3 +94,22 @@ def test_fast_reader_equals_monai_reader_with_float32(
     np.testing.assert_array_equal(ours.numpy(), monai.numpy())
     np.testing.assert_array_equal(ours.affine.numpy(), monai.affine.numpy())
     assert ours.meta["filename_or_obj"] == monai.meta["filename_or_obj"] == str(path)
+
+
+@pytest.mark.parametrize("shape, dtype", [((41, 37, 23), np.uint8), ((19, 17, 11, 3), np.float32)])
+def test_saved_nifti_has_nibabels_bytes_once_inflated(
+    shape: tuple[int, ...], dtype: type, tmp_path: Path
+) -> None:
+    """ISA-L deflate and Fortran-ordered voxels: the file inflates to exactly what nibabel.save writes."""
+    from medfcn.data.nifti_io import fortran_order, save_nifti_image
+
+    array = np.random.default_rng(5).integers(0, 4, shape).astype(dtype)
+    f = fortran_order(array)
+    assert f.flags.f_contiguous and np.array_equal(f, array)
+    ours, theirs = tmp_path / "ours.nii.gz", tmp_path / "theirs.nii.gz"
+    save_nifti_image(nib.Nifti1Image(f, AFFINE), ours)
+    nib.save(nib.Nifti1Image(array, AFFINE), str(theirs))
+    assert gzip.decompress(ours.read_bytes()) == gzip.decompress(theirs.read_bytes())
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(ours)).dataobj), array)
+    save_nifti_image(nib.Nifti1Image(f, AFFINE), tmp_path / "plain.nii")  # not gzipped: nibabel's own writer
+    assert (tmp_path / "plain.nii").read_bytes() == gzip.decompress(theirs.read_bytes())

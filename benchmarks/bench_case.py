@@ -11,7 +11,9 @@ process's peak (``VmHWM``; target at most 3 GiB for 512x512x300).
 An untrained bundle runs through a copy with seeded random weights (time and memory do not depend on the
 values, but the statistics of a random prediction, which is foreground almost everywhere, cost more than a
 trained network's). Stages of the output thread (NIfTI, preview) overlap the statistics: their seconds are
-not additive.
+not additive. "start-up" is the time from the interpreter's start to the first stage (every import, the CLI,
+the bundle, the network); "between stages" the rest of the main thread's time (discovery, waiting for the
+output thread, the run files).
 
     python benchmarks/bench_case.py                          # 512x512x300, bundles/liver, fp32
     python benchmarks/bench_case.py --size 256x256x128 --amp
@@ -51,6 +53,8 @@ class _Watch:
         self.order: list[str] = []
         self.peak: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
+        self.main_stages: set[str] = set()
+        self.first_start: float | None = None  # when the first stage began: the start-up ends there
         self.lock = threading.Lock()
         threading.Thread(target=self._sample, daemon=True).start()
 
@@ -70,6 +74,10 @@ class _Watch:
             if main:
                 self.stage = stage
             t0 = time.perf_counter()
+            if main:
+                self.main_stages.add(stage)
+                if self.first_start is None:
+                    self.first_start = t0
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -137,8 +145,11 @@ def _child(scans: Path, bundle: Path, out: Path, amp: bool, threads: int | None,
     print()
     print("| stage | seconds | peak RSS GiB |")
     print("|---|---:|---:|")
+    startup = (watch.first_start or T_START) - T_START
+    staged = sum(v for k, v in watch.seconds.items() if k in watch.main_stages)
+    timed = {"start-up": startup, "between stages": wall - startup - staged}  # imports ... ; discovery, run files
     for stage in dict.fromkeys([*watch.order, *watch.seconds]):
-        secs = watch.seconds.get(stage)
+        secs = watch.seconds.get(stage, timed.get(stage))
         peak = watch.peak.get(stage)
         print(f"| {stage} | {'' if secs is None else f'{secs:.2f}'} | {'' if peak is None else f'{peak:.2f}'} |")
     net = watch.seconds.get("sliding window (network)", float("nan"))

@@ -16,7 +16,7 @@ from medfcn._version import __version__
 # allocation, so it must be set before then; numpy does the same by itself). On a 2-core VM a fresh 0.94 GB
 # tensor cost 0.45 s of page faults with 4 KiB pages and 0.12 s with 2 MiB pages, and a whole `medfcn infer` of
 # a 512x512x300 CT went from 27.3 to 24.5 s (benchmarks/README.md). THP_MEM_ALLOC_ENABLE=0 opts out;
-# `medfcn info` shows what is in force (medfcn.runtime.huge_pages).
+# `medfcn info` shows what is in force (medfcn.memory.huge_pages).
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 # name -> module that defines it

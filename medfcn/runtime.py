@@ -485,21 +485,3 @@ def layer_precisions(net: nn.Module) -> dict[str, str]:
         out[qual] = "autocast" if dt == torch.float32 else str(dt).removeprefix("torch.")
     return out
 
-
-# ------------------------------------------------------------------------------ memory pages
-
-
-def huge_pages() -> str:
-    """Whether large tensors get transparent huge pages: PyTorch's ``THP_MEM_ALLOC_ENABLE`` (``import
-    medfcn`` sets it to 1 unless it is set) and the kernel's THP mode, e.g. ``"on (kernel THP: madvise)"``."""
-    requested = os.environ.get("THP_MEM_ALLOC_ENABLE", "0").strip().lower() in ("1", "true", "yes", "on")
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-        mode = text[text.index("[") + 1 : text.index("]")]
-    except (OSError, ValueError):
-        return "unknown: no transparent huge pages on this system"
-    if mode == "never":
-        return "off (kernel THP: never)"
-    if mode == "always":
-        return "on (kernel THP: always)"
-    return f"{'on' if requested else 'off: THP_MEM_ALLOC_ENABLE=0'} (kernel THP: {mode})"

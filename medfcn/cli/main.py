@@ -114,7 +114,8 @@ def info(
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             rows.append((f"cuda:{i}", torch.cuda.get_device_name(i)))
-    from medfcn.runtime import cpu_bf16_units, describe_policy, huge_pages
+    from medfcn.memory import huge_pages
+    from medfcn.runtime import cpu_bf16_units, describe_policy
 
     units = cpu_bf16_units()
     if torch.cuda.is_available():

@@ -41,13 +41,13 @@ import numpy as np
 from medfcn.bundle import Bundle, apply_overrides, load_bundle
 from medfcn.engine.probabilities import fill_background, invert_by_channel
 from medfcn.errors import BundleError, InputError, MedfcnError, one_line
+from medfcn.memory import huge_pages
 from medfcn.runtime import (
     AmpSetting,
     PrecisionPlan,
     apply_precision_policy,
     autocast_dtype,
     cpu_bf16_units,
-    huge_pages,
     resolve_device,
 )
 

@@ -106,7 +106,7 @@ def test_info_and_run_record_say_whether_tensors_get_huge_pages(monkeypatch: pyt
     """`import medfcn` asks PyTorch for transparent huge pages (unless the user set it); info reports it."""
     import os
 
-    from medfcn.runtime import huge_pages
+    from medfcn.memory import huge_pages
 
     assert os.environ["THP_MEM_ALLOC_ENABLE"] in ("1", "0")  # medfcn's default, or the user's own
     result = runner.invoke(app, ["info"])

@@ -184,7 +184,7 @@ def test_mixed_folder_end_to_end(segmenter: Segmenter, scans: dict, tmp_path: Pa
     assert json.loads((out / "summary.json").read_text())["cases"][0]["status"] == "ok"
     run = json.loads((out / "run.json").read_text())
     assert run["bundle"]["name"] == "liver" and run["device"] == "cpu"
-    assert run["huge_pages"].startswith(("on", "off", "unknown"))  # medfcn.runtime.huge_pages
+    assert run["huge_pages"].startswith(("on", "off", "unknown"))  # medfcn.memory.huge_pages
     assert {"medfcn", "monai", "torch"} <= set(run["versions"]) and run["counts"]["ok"] == 4
     assert run["timings"]["total_s"] > 0
     # nothing but the results: no temp files anywhere, no names taken from patient data

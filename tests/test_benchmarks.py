@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,9 @@ def test_bench_hippocampus_table_reads_the_committed_fold_results() -> None:
 @pytest.mark.xdist_group("benchmarks")
 def test_bench_case_times_and_weighs_every_stage_of_one_infer() -> None:
     out = _run("benchmarks/bench_case.py", "--size", "48x40x24", "--threads", "1")
+    assert out.count("| **whole medfcn infer (process)** |") == 1
+    for label in ("start-up", "between stages"):  # timed from the interpreter's start and around the stages
+        assert re.search(rf"\| {label} \| [0-9.]+ \|", out), (label, out)
     rows = {
         cells[0]: cells[1:]
         for cells in ([c.strip() for c in line.strip("|").split("|")] for line in out.splitlines())
@@ -107,3 +111,13 @@ def test_bench_case_times_and_weighs_every_stage_of_one_infer() -> None:
     assert float(whole[0].strip("*")) > float(rows["sliding window (network)"][0])
     assert 0.2 < float(whole[1].split()[0].strip("*")) < 24  # VmHWM in GiB
     assert "whole / network: " in out and "(target <= 2.5x)" in out
+
+
+def test_bench_case_prints_the_median_ratio_of_several_runs() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from bench_case import median_line
+    finally:
+        sys.path.pop(0)
+    assert median_line([2.9, 2.41, 2.6]) == "whole / network over 3 runs: median 2.60x (2.90x, 2.41x, 2.60x)"
+    assert "median 2.50x" in median_line([2.4, 2.6])

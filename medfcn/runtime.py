@@ -484,4 +484,3 @@ def layer_precisions(net: nn.Module) -> dict[str, str]:
         dt = weights[0].dtype if weights else torch.float32
         out[qual] = "autocast" if dt == torch.float32 else str(dt).removeprefix("torch.")
     return out
-

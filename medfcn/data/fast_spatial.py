@@ -145,10 +145,7 @@ def _resample_axis(
             return _by_bands(x, taps, weights, out)
     shape = [1] * x.ndim
     shape[dim] = -1
-    out_shape = list(x.shape)
-    out_shape[dim] = int(taps[0].numel())
-    if out is None:
-        out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    out = _output(x, dim, int(taps[0].numel()), out)
     taps = [t.to(x.device) for t in taps]
     w = [None if v is None else v.to(x.device, x.dtype).view(shape) for v in weights]
     # (1 - f) a + f b as one fused lerp (with zero padding the weights need not sum to 1)
@@ -157,7 +154,7 @@ def _resample_axis(
     slabs: list[tuple[torch.Tensor, torch.Tensor]] = [(x, out)]  # one line: the whole of it
     if x.ndim > 1:  # slabs along another axis than the resampled one
         axis = 1 if dim == 0 else 0
-        n = out_shape[axis]
+        n = int(out.shape[axis])
         step = max(1, _SLAB_ELEMENTS // max(1, out.numel() // max(1, n)))
         slabs = [(x.narrow(axis, i, min(step, n - i)), out.narrow(axis, i, min(step, n - i))) for i in range(0, n, step)]
     lead: tuple[Any, ...] = (slice(None),) * dim
@@ -176,6 +173,7 @@ def _resample_axis(
 
 
 def _output(x: torch.Tensor, dim: int, n_out: int, out: torch.Tensor | None) -> torch.Tensor:
+    """``out``, or a new tensor shaped like ``x`` with ``n_out`` samples along ``dim``."""
     if out is not None:
         return out
     shape = list(x.shape)

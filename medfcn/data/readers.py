@@ -66,7 +66,7 @@ from medfcn.data.dicom.seg_labels import is_dicom_seg, read_seg_label_for_datase
 from medfcn.data.dicom.series import file_headers, folder_headers, location, series_geometry
 from medfcn.data.dicom.values import to_float
 from medfcn.data.images import IMAGE_SUFFIXES, NIFTI_SUFFIXES, nifti_size_problem
-from medfcn.data.nifti_io import GZIP_ERRORS, FastNibabelReader, to_c_order
+from medfcn.data.nifti_io import GZIP_ERRORS, FastNibabelReader
 from medfcn.data.walk import suffix
 from medfcn.errors import InputError, one_line
 
@@ -307,7 +307,7 @@ class DicomSeriesReader(ImageReader):
                 raise InputError(f"truncated or corrupt file {img.where}: {_first_line(err)}") from err
             except Exception as err:  # nibabel/numpy raise many types for damaged files
                 raise InputError(f"cannot read the voxels of {img.where}: {_first_line(err)}") from err
-            return to_c_order(nifti, np.float32), meta
+            return nifti, meta  # C-ordered float32 by FastNibabelReader
         if isinstance(img, _Volume):
             return self._volume_data(img)
         if isinstance(img, _SegLabel):

@@ -86,6 +86,22 @@ def test_in_memory_metatensor_matches_the_file(bundle: Path, sphere_case: dict) 
         seg(MetaTensor(torch.zeros(4, 4)))
 
 
+def test_non_finite_check_reads_the_sum_first_and_counts_exactly_when_it_overflows() -> None:
+    from medfcn.engine.segmenter import _replace_nonfinite
+
+    huge = torch.full((4, 5, 6), 3.0e38)  # finite voxels whose float32 sum overflows to inf
+    assert not torch.isfinite(huge.sum())
+    assert _replace_nonfinite(huge, "huge.nii.gz") == 0 and torch.equal(huge, torch.full((4, 5, 6), 3.0e38))
+    huge[1, 2, 3] = float("nan")
+    huge[0, 0, 0] = float("-inf")
+    assert _replace_nonfinite(huge, "huge.nii.gz") == 2
+    assert torch.isfinite(huge).all() and float(huge[1, 2, 3]) == float(huge[0, 0, 0]) == float(huge[3, 4, 5])
+    plain = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    plain[1, 1, 1] = float("inf")
+    assert _replace_nonfinite(plain, "scan.nii.gz") == 1 and float(plain[1, 1, 1]) == 23.0
+    assert _replace_nonfinite(torch.zeros(3, 3, dtype=torch.int16), "int.nii.gz") == 0
+
+
 def test_non_finite_voxels_are_replaced_counted_and_not_spread(bundle: Path, sphere_case: dict) -> None:
     from monai.data import MetaTensor
 

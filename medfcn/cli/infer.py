@@ -151,15 +151,26 @@ def infer(
     """
     import os
 
-    from medfcn._monai import light_monai
-
-    light_monai()  # a fresh `medfcn infer` process imports MONAI's parts, not its face (seconds)
-    from medfcn.engine.inference import segment_folder
+    from medfcn.engine.inference import check_classes, discover, read_ahead  # neither PyTorch nor MONAI
 
     if input.is_dir() and (output == input or input in output.parents):
         raise fail(
             f"--output {output} is inside --input {input}; choose a folder outside the scans", EXIT_USAGE
         )
+    wanted = [c for c in classes.split(",") if c.strip()] if classes is not None else None
+    discovered = None
+    with user_errors():
+        check_classes(bundle, wanted)
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # under torchrun rank 0 discovers inside segment_folder
+            # Discovery first, then the first scan is inflated on the other core while PyTorch, MONAI and
+            # the network load (engine.inference.read_ahead): the start-up and the first read overlap.
+            discovered = discover(input, modality=modality, min_slices=min_slices)
+            read_ahead(discovered.cases, output, overwrite=overwrite)
+    from medfcn._monai import light_monai
+
+    light_monai()  # a fresh `medfcn infer` process imports MONAI's parts, not its face (seconds)
+    from medfcn.engine.inference import segment_folder
+
     with user_errors():
         summary = segment_folder(
             bundle,
@@ -178,7 +189,8 @@ def infer(
             progress=not quiet,
             rtstruct=not no_rtstruct,
             per_class=per_class,
-            classes=[c for c in classes.split(",") if c.strip()] if classes is not None else None,
+            classes=wanted,
+            discovered=discovered,
         )
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank has the merged summary
     n_cases = summary.ok + summary.failed

@@ -6,9 +6,9 @@ to inflate it with zlib (nibabel streams it through ``gzip.GzipFile``), 0.9-1.2 
 Fortran-order array C-contiguous and 0.5-0.6 s more to cast it to float32, each pass over the whole
 volume. Here:
 
-* :func:`read_nifti` inflates a ``.nii.gz`` with ISA-L (``isal.igzip``, 2x zlib's speed; plain
-  :mod:`gzip` where ``isal`` is not installed) and hands nibabel the bytes: the same header, affine and
-  voxels as ``nibabel.load``;
+* :func:`read_nifti` inflates a ``.nii.gz`` with ISA-L (:func:`medfcn.data.gzip_io.gunzip`, 2x zlib's
+  speed, or the bytes a read-ahead inflated during the start-up) and hands nibabel the bytes: the same
+  header, affine and voxels as ``nibabel.load``;
 * :func:`to_c_order` transposes and casts in one pass, in slabs of a few planes so that both sides of the
   copy stay in cache (torch, several threads): 0.45 s for that CT instead of 1.7 s. A cast happens only
   where it is exact (integers of up to 16 bits, float16/float32 into float32).
@@ -27,15 +27,14 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import os
 import warnings
-import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from monai.data.image_reader import NibabelReader
+
+from medfcn.data.gzip_io import GZIP_ERRORS, gunzip, gzip_writer
 
 __all__ = [
     "GZIP_ERRORS",
@@ -48,29 +47,7 @@ __all__ = [
     "to_c_order",
 ]
 
-_igzip: Any = None
-_isal_errors: tuple[Any, ...] = ()
-try:  # ISA-L: the same deflate streams, inflated about twice as fast as zlib
-    from isal import igzip, igzip_lib
-
-    _igzip, _isal_errors = igzip, (igzip_lib.IsalError,)
-except ImportError:  # pragma: no cover - isal is a dependency; a platform without its wheel still reads
-    pass
-#: what a truncated or corrupt gzip stream raises, from zlib or from ISA-L
-GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile, *_isal_errors)
-
 _SLAB = 4  # planes of the middle axis per copy: both the source and the destination block stay in cache
-
-
-def gunzip(path: str | os.PathLike[str]) -> bytes:
-    """The inflated content of a gzip file (every member), by ISA-L when it is installed.
-
-    Raises:
-        EOFError, zlib.error, gzip.BadGzipFile, isal's ``IsalError``: truncated or corrupt data
-        (:data:`GZIP_ERRORS`).
-    """
-    raw = Path(path).read_bytes()
-    return _igzip.decompress(raw) if _igzip is not None else gzip.decompress(raw)
 
 
 def read_nifti(path: str | os.PathLike[str], **kwargs: Any) -> Any:
@@ -106,10 +83,10 @@ def save_nifti_image(image: Any, path: str | os.PathLike[str]) -> None:
     nibabel's default): 4x faster, a slightly smaller file, the same content."""
     import nibabel as nib
 
-    if _igzip is None or not str(path).lower().endswith(".nii.gz"):
+    if not str(path).lower().endswith(".nii.gz"):
         nib.save(image, str(path))
         return
-    with _igzip.open(str(path), "wb", compresslevel=1) as f:
+    with gzip_writer(path, level=1) as f:
         image.to_stream(f)
 
 

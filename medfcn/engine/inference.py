@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medfcn.bundle import load_bundle
+from medfcn.data.gzip_io import forget_ahead
 from medfcn.engine.segmenter import Prediction, Segmenter, _Loaded, _reason
 from medfcn.errors import InputError
 from medfcn.outputs.case import (
@@ -48,6 +49,7 @@ from medfcn.outputs.run import CaseResult, RunSummary, run_record, write_labels,
 from medfcn.runtime import AmpSetting, cpu_bf16_units, cpu_has_bf16, process_group, rank_and_world
 
 if TYPE_CHECKING:  # pragma: no cover
+    from medfcn.data.cases import DiscoveryReport
     from medfcn.data.discovery import Case
 
 __all__ = [
@@ -57,7 +59,10 @@ __all__ = [
     "RunSummary",
     "Segmenter",
     "cpu_bf16_units",
+    "check_classes",
     "cpu_has_bf16",
+    "discover",
+    "read_ahead",
     "segment_folder",
 ]
 
@@ -85,14 +90,60 @@ class _Found:
             report.close()
 
 
-def _discover(input_path: Path, *, modality: str | None, min_slices: int | None) -> _Found:
-    """Find the cases of a folder/file/series folder or of every entry of a list file (discovery decides)."""
+def discover(input: str | os.PathLike[str], *, modality: str | None = None, min_slices: int | None = None) -> DiscoveryReport:
+    """The cases :func:`segment_folder` would find under ``input`` (discovery decides; no PyTorch imported).
+
+    ``medfcn infer`` runs it before the model's libraries are imported and hands the report over
+    (``segment_folder(..., discovered=report)``), so that the first case is read during the start-up.
+
+    Raises:
+        InputError: ``input`` cannot be discovered (see :func:`medfcn.data.discovery.find_cases`).
+    """
     from medfcn.data.discovery import find_cases
 
     kwargs: dict[str, Any] = {"modality": modality}
     if min_slices is not None:
         kwargs["min_slices"] = min_slices
-    report = find_cases(input_path, **kwargs)
+    return find_cases(input, **kwargs)
+
+
+def read_ahead(cases: Sequence[Case], output: str | os.PathLike[str], *, overwrite: bool = False) -> Case | None:
+    """Start reading the first case :func:`segment_folder` will segment, in a background thread.
+
+    A ``.nii.gz`` is inflated by ISA-L, which releases the GIL (:func:`medfcn.data.gzip_io.gunzip_ahead`):
+    during the start-up of ``medfcn infer`` (importing PyTorch and MONAI, building the network, one core
+    busy) the other core inflates the scan, and the case's load takes the bytes. Other cases are left
+    alone. Returns the case read ahead, or ``None``.
+    """
+    from medfcn.data.gzip_io import gunzip_ahead
+
+    out = Path(output)
+    first = next((c for c in cases if overwrite or not is_done(out / c.id)), None)
+    if first is None or first.kind == "dicom" or not str(first.paths[0]).lower().endswith(".nii.gz"):
+        return None
+    return first if gunzip_ahead(first.paths[0]) else None
+
+
+def check_classes(bundle: str | os.PathLike[str], classes: Sequence[str] | None) -> None:
+    """Check that the bundle has every class of ``classes`` (``None``: all classes, nothing to check).
+
+    Raises:
+        InputError: an unknown class name (one line listing the bundle's classes).
+        BundleError: the bundle cannot be read.
+    """
+    if classes is None:
+        return
+    described = load_bundle(bundle)
+    if table := described.segment_codes():
+        select_classes(table, classes, described.name)
+
+
+def _discover(
+    input_path: Path, *, modality: str | None, min_slices: int | None, report: DiscoveryReport | None = None
+) -> _Found:
+    """Find the cases of a folder/file/series folder or of every entry of a list file (discovery decides)."""
+    if report is None:
+        report = discover(input_path, modality=modality, min_slices=min_slices)
     sources = {case.id: case.source for case in report.cases}
     skipped = [CaseResult(s.case_id, s.path, s.kind, "skipped", s.reason) for s in report.skipped]
     # What "inside the input" means for the output check: a folder's tree, a DICOMDIR's folder (discovery
@@ -175,6 +226,7 @@ def segment_folder(
     rtstruct: bool = True,
     per_class: bool = False,
     classes: Sequence[str] | None = None,
+    discovered: DiscoveryReport | None = None,
 ) -> RunSummary:
     """Segment every scan found under ``input`` and write per-case and run-level results to ``output``.
 
@@ -216,6 +268,9 @@ def segment_folder(
         per_class: also write ``mask_<class>.nii.gz`` (0/1) per class beside ``mask.nii.gz``.
         classes: keep only these classes (names from the bundle): other labels become 0 in every
             output (mask, SEG, RTSTRUCT, stats, summaries, ``labels.json``). ``None`` keeps all.
+        discovered: :func:`discover` of ``input`` with the same ``modality`` and ``min_slices``, run
+            already (``medfcn infer`` runs it before importing PyTorch); used on rank 0 instead of
+            discovering again, and closed (its extracted archives removed) at the end.
 
     Returns:
         A :class:`RunSummary` (every rank gets the merged one under torchrun).
@@ -232,13 +287,13 @@ def segment_folder(
         raise InputError(f"input {input_path} does not exist")
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")
-    if classes is not None and not isinstance(bundle, Segmenter):
-        described = load_bundle(bundle)  # a wrong --classes is reported before any scan or weight is read
-        if table := described.segment_codes():
-            select_classes(table, classes, described.name)
+    if not isinstance(bundle, Segmenter):
+        check_classes(bundle, classes)  # a wrong --classes is reported before any scan or weight is read
     rank, world = rank_and_world()
-    with process_group(world), _found_cases(input_path, out, rank, world, modality, min_slices) as found:
+    with process_group(world), _found_cases(input_path, out, rank, world, modality, min_slices, discovered) as found:
         t_discovered = time.perf_counter()
+        mine = found.cases[rank::world]
+        read_ahead(mine, out, overwrite=overwrite)  # the first scan is read while the model is built
         segmenter = (
             bundle
             if isinstance(bundle, Segmenter)
@@ -261,7 +316,6 @@ def segment_folder(
         if rank == 0:
             write_labels(out, opts.classes, bundle=segmenter.name, version=segmenter.version)
 
-        mine = found.cases[rank::world]
         rows: dict[str, CaseResult] = {}
         todo: list[Case] = []
         for case in mine:
@@ -322,13 +376,20 @@ def segment_folder(
 
 @contextlib.contextmanager
 def _found_cases(
-    input_path: Path, out: Path, rank: int, world: int, modality: str | None, min_slices: int | None
+    input_path: Path,
+    out: Path,
+    rank: int,
+    world: int,
+    modality: str | None,
+    min_slices: int | None,
+    report: DiscoveryReport | None = None,
 ) -> Iterator[_Found]:
-    """Discovery on rank 0, shared with every rank; the output is checked not to lie inside the input."""
-    found = _Found([], {}, [], [])
+    """Discovery on rank 0 (``report`` if given), shared with every rank; the output is checked not to lie
+    inside the input."""
+    found = _Found([], {}, [], [], [report] if report is not None else [])
     try:
         if rank == 0:
-            found = _discover(input_path, modality=modality, min_slices=min_slices)
+            found = _discover(input_path, modality=modality, min_slices=min_slices, report=report)
         if world > 1:
             import torch.distributed as dist
 
@@ -346,6 +407,7 @@ def _found_cases(
         yield found
     finally:
         found.close()
+        forget_ahead()  # a read-ahead no case took (a failed start) frees its bytes
 
 
 def _run_cases(

@@ -107,3 +107,49 @@ def test_infer_through_the_full_monai_face_writes_the_same_mask(tmp_path: Path) 
         assert face_loaded == (full == "1")  # the face imports every part, handlers included
         masks[full] = np.asarray(nib.load(out / "scan" / "mask.nii.gz").dataobj)
     np.testing.assert_array_equal(masks["0"], masks["1"])
+
+
+def test_infer_reads_the_first_scan_before_importing_torch_and_freezes_the_collector_at_exit(tmp_path: Path) -> None:
+    """``medfcn infer`` discovers and starts inflating its first ``.nii.gz`` before PyTorch is imported (the
+    start-up and the first read overlap); the console script freezes the garbage collector when the
+    command ends (the interpreter's last collection over PyTorch's and MONAI's objects is skipped)."""
+    import nibabel as nib
+    import numpy as np
+
+    (tmp_path / "scans").mkdir()
+    scan = tmp_path / "scans" / "scan.nii.gz"
+    data = np.random.default_rng(2).normal(100.0, 30.0, (21, 25, 17)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), str(scan))
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "hippocampus"
+    probe = """
+import gc, json, sys
+import medfcn.engine.inference as inference
+seen = {}
+real_ahead = inference.read_ahead
+def read_ahead(*a, **k):
+    case = real_ahead(*a, **k)
+    if "read_ahead" not in seen:  # the command's own call (segment_folder's finds it started)
+        seen["torch_at_read_ahead"] = "torch" in sys.modules
+        seen["read_ahead"] = None if case is None else case.id
+    return case
+inference.read_ahead = read_ahead
+sys.argv = ["medfcn", *sys.argv[1:]]
+from medfcn.cli.main import main
+try:
+    main()
+except SystemExit as exc:
+    seen["code"] = exc.code
+seen["frozen"] = gc.get_freeze_count()
+print(json.dumps(seen))
+"""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, "infer", "--bundle", str(bundle), "--input", str(tmp_path / "scans"),
+         "--output", str(out), "--device", "cpu", "-q"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["code"] in (0, None) and (out / "scan" / "done.json").is_file()
+    assert seen["read_ahead"] == "scan" and seen["torch_at_read_ahead"] is False
+    assert seen["frozen"] > 10_000  # PyTorch's and MONAI's objects, left to the process's end

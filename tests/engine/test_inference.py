@@ -298,6 +298,29 @@ def test_single_file_list_file_and_refusals(segmenter: Segmenter, scans: dict, t
         segment_folder(segmenter, tmp_path / "nowhere", tmp_path / "x", progress=False)
 
 
+def test_a_discovery_made_before_is_used_and_the_first_scan_is_read_ahead(
+    segmenter: Segmenter, scans: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medfcn.data import discovery, gzip_io
+
+    root: Path = scans["root"]
+    report = inference.discover(root / "nifti")  # what `medfcn infer` runs before importing PyTorch
+    first = inference.read_ahead(report.cases, tmp_path / "out")
+    assert first is not None and first.id == "ct_one"
+    dicom = inference.discover(root / "study1")  # DICOM series are not read ahead
+    assert dicom.cases and inference.read_ahead(dicom.cases, tmp_path / "d") is None
+    monkeypatch.setattr(discovery, "find_cases", lambda *a, **k: pytest.fail("discovered twice"))
+    inflated: list[str] = []
+    monkeypatch.setattr(gzip_io, "_inflate", lambda p: inflated.append(str(p)) or pytest.fail("read again"))
+    summary = segment_folder(segmenter, root / "nifti", tmp_path / "out", progress=False, discovered=report)
+    assert summary.ok == 1 and (tmp_path / "out" / "ct_one" / "done.json").is_file()
+    assert inflated == []  # the case's bytes came from the read-ahead
+    assert not gzip_io._ahead  # and nothing is held after the run
+    assert inference.read_ahead(report.cases, tmp_path / "out") is None  # a finished case is not read again
+    assert inference.read_ahead(report.cases, tmp_path / "out", overwrite=True) is first
+    gzip_io.forget_ahead()
+
+
 @pytest.mark.slow
 def test_killed_subprocess_resumes(bundle: Path, scans: dict, tmp_path: Path) -> None:
     """A real SIGKILL mid-folder (the CLI in a subprocess), then the same command again."""

@@ -122,19 +122,22 @@ def render_preview(
     img, spacing = _to_ras(image.astype(np.float32, copy=False), affine)
     lab, _ = _to_ras(label, affine)
     low, high = display_window(image, window)
-    img = np.clip((img - low) / max(high - low, 1e-6), 0.0, 1.0)
+    span = max(high - low, 1e-6)
+
+    def shown(plane: np.ndarray) -> np.ndarray:  # only the slices shown are windowed, not the volume
+        return np.clip((plane - low) / span, 0.0, 1.0)
 
     panels: list[Image.Image] = []
     fg = lab > 0
     # Axial slice z: rows = y (anterior on top), cols = x (patient's right on the left).
     for k in _pick(np.asarray(fg.any(axis=(0, 1))), num_axial):
         panels.append(
-            _panel(img[::-1, ::-1, k].T, lab[::-1, ::-1, k].T, (float(spacing[1]), float(spacing[0])), alpha)
+            _panel(shown(img[::-1, ::-1, k].T), lab[::-1, ::-1, k].T, (float(spacing[1]), float(spacing[0])), alpha)
         )
     # Coronal slice y: rows = z (superior on top), cols = x (patient's right on the left).
     for j in _pick(np.asarray(fg.any(axis=(0, 2))), num_coronal):
         panels.append(
-            _panel(img[::-1, j, ::-1].T, lab[::-1, j, ::-1].T, (float(spacing[2]), float(spacing[0])), alpha)
+            _panel(shown(img[::-1, j, ::-1].T), lab[::-1, j, ::-1].T, (float(spacing[2]), float(spacing[0])), alpha)
         )
     gap = 4
     total = sum(p.width for p in panels) + gap * (len(panels) - 1)

@@ -83,27 +83,32 @@ def _projections(mask: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def _masked_mean(image: np.ndarray, mask: np.ndarray, count: int, slab: int = 16) -> float:
+def _masked_mean(image: np.ndarray, mask: np.ndarray, count: int, slab: int = 8) -> float:
     """Mean of ``image`` over the ``count`` true voxels of ``mask``, summed in float64 over slabs of ``slab``
-    planes: the gathered voxels are never more than a slab (``image[mask]`` of a whole CT with foreground
-    everywhere is a 250 MB copy, made while the output thread holds its own temporaries)."""
+    planes, by torch (several threads): a masked sum of each slab, no gather (``image[mask]`` of a whole CT
+    with foreground everywhere is a 250 MB copy; numpy's slab-wise gathers took 0.46 s for a 512x512x300
+    CT, this 0.21 s)."""
+    import torch
+
+    x, w = torch.from_numpy(np.asarray(image)), torch.from_numpy(np.asarray(mask, dtype=bool))
     total = 0.0
-    for start in range(0, mask.shape[0], slab):
-        m = mask[start : start + slab]
-        if m.any():
-            total += float(image[start : start + slab][m].sum(dtype=np.float64))
+    for start in range(0, w.shape[0], slab):
+        ws = w[start : start + slab]
+        if bool(ws.any()):
+            total += float(torch.where(ws, x[start : start + slab], 0.0).sum(dtype=torch.float64))
     return total / count
 
 
-def _normalised_entropy(probabilities: np.ndarray, where: np.ndarray, slab: int = 8) -> float | None:
+def _normalised_entropy(probabilities: np.ndarray, where: np.ndarray, slab: int = 4) -> float | None:
     """Mean predictive entropy over the voxels ``where``, divided by ``log(C)`` (0 certain, 1 uniform).
 
     ``-sum_c p log p`` (``0 log 0 = 0``: ``p log max(p, 1e-30)``; ``torch.special.entr`` is not vectorised)
     in float32 by torch (multi-threaded), summed in float64, over slabs
     of ``slab`` planes of the first spatial axis inside the bounding box of ``where``: the entropy of every
     voxel of a slab is summed over the classes first, then the ``where`` voxels of that one map are
-    summed (a masked sum of one map, no gather of C channels). No full-volume temporaries; a 512x512x300 CT
-    with foreground almost everywhere takes 0.9 s (2.2 s gathering the channels, 1.6 s with ``entr``).
+    summed (a masked sum of one map, no gather of C channels). No full-volume temporaries, and the slab's
+    own (two of them, worked in place) stay in the cache: a 512x512x300 CT with foreground almost
+    everywhere takes 1.0 s (1.5-2.0 s with slabs of 8 planes and a new tensor per operation).
     """
     import torch
 
@@ -121,8 +126,8 @@ def _normalised_entropy(probabilities: np.ndarray, where: np.ndarray, slab: int 
         k = int(ws.sum())
         if k:
             q = p[:, start : start + slab].to(torch.float32).clamp(0.0, 1.0)
-            h = (q * torch.log(q.clamp_min(_TINY))).sum(0).neg_()  # entr(q), vectorised: 2.4x faster
-            total += float(torch.where(ws, h, 0.0).sum(dtype=torch.float64))  # no boolean gather: 7x faster
+            q_log_q = q.clamp_min(_TINY).log_().mul_(q)  # -entr(q), vectorised: 2.4x faster than entr
+            total -= float(torch.where(ws, q_log_q.sum(0), 0.0).sum(dtype=torch.float64))  # no gather: 7x faster
             count += k
     return total / count / float(np.log(n_channels))
 

@@ -174,3 +174,16 @@ def test_cc3d_components_are_scipy_26_connected_components(seed: int) -> None:
     np.testing.assert_array_equal(np.sort(_sizes(ours, n)), np.sort(np.bincount(ref.ravel())[1:]))
     assert (ours > 0).sum() == mask.sum() and ours[0, 0, 0] == ours[1, 1, 1]
     assert _largest_component_fraction(mask) == pytest.approx(np.bincount(ref.ravel())[1:].max() / mask.sum())
+
+
+@pytest.mark.parametrize("slab", [1, 4, 8, 64])
+def test_masked_mean_equals_the_mean_of_the_gathered_voxels(slab: int) -> None:
+    """Slab by slab (19 planes: no slab size divides it), with empty slabs and a float64 sum."""
+    from medfcn.outputs.stats import _masked_mean
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(40.0, 300.0, (19, 7, 13)).astype(np.float32)
+    mask = rng.random((19, 7, 13)) < 0.2
+    mask[4:12] = False  # slabs with nothing in them
+    count = int(mask.sum())
+    assert _masked_mean(image, mask, count, slab=slab) == pytest.approx(float(image[mask].astype(np.float64).mean()), rel=1e-9)

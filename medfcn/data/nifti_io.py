@@ -7,11 +7,16 @@ Fortran-order array C-contiguous and 0.5-0.6 s more to cast it to float32, each 
 volume. Here:
 
 * :func:`read_nifti` inflates a ``.nii.gz`` with ISA-L (:func:`medfcn.data.gzip_io.gunzip`, 2x zlib's
-  speed, or the bytes a read-ahead inflated during the start-up) and hands nibabel the bytes: the same
-  header, affine and voxels as ``nibabel.load``;
-* :func:`to_c_order` transposes and casts in one pass, in slabs of a few planes so that both sides of the
-  copy stay in cache (torch, several threads): 0.45 s for that CT instead of 1.7 s. A cast happens only
-  where it is exact (integers of up to 16 bits, float16/float32 into float32).
+  speed) and hands nibabel the bytes: the same header, affine and voxels as ``nibabel.load``;
+* :func:`float32_voxels` (what :class:`medfcn.data.readers.FastNibabelReader` returns) transposes and casts
+  in one pass (:func:`to_c_order`), in slabs of a few planes so that both sides of the copy stay in cache
+  (torch, several threads): 0.45 s for that CT instead of 1.7 s. A cast happens only where it is exact
+  (integers of up to 16 bits, float16/float32 into float32);
+* :func:`read_nifti_ahead` does both in a background thread before PyTorch is even imported (numpy for the
+  cast; ISA-L and numpy release the GIL): ``medfcn infer`` reads its first scan during its start-up, and
+  the :func:`read_nifti` and :func:`float32_voxels` of that file take what was made.
+
+This module imports neither PyTorch (only :func:`to_c_order` does, when it runs) nor MONAI.
 
 Writing is the mirror image: :func:`save_nifti_image` compresses a ``.nii.gz`` with ISA-L (level 1) and
 :func:`fortran_order` hands nibabel voxels already in the file's order, so that it copies them as they are.
@@ -29,23 +34,37 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
-from monai.data.image_reader import NibabelReader
 
+from medfcn.data import ahead
 from medfcn.data.gzip_io import GZIP_ERRORS, gunzip, gzip_writer
 
 __all__ = [
     "GZIP_ERRORS",
     "FastNibabelReader",
     "exact_in",
+    "float32_voxels",
     "fortran_order",
     "gunzip",
     "read_nifti",
+    "read_nifti_ahead",
     "save_nifti_image",
     "to_c_order",
 ]
+
+#: voxels made ahead of time (:func:`read_nifti_ahead`) for an image :func:`read_nifti` handed out
+_VOXELS: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the MONAI reader lives with MONAI (medfcn.data.readers)
+    if name == "FastNibabelReader":
+        from medfcn.data.readers import FastNibabelReader
+
+        return FastNibabelReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _SLAB = 4  # planes of the middle axis per copy: both the source and the destination block stay in cache
 
@@ -54,8 +73,37 @@ def read_nifti(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     """A nibabel NIfTI-1/-2 image from ``path``; a ``.nii.gz`` is inflated by :func:`gunzip` into memory.
 
     Anything that is not a single-file gzipped NIfTI-1/-2 (``.nii``, ``.img``/``.hdr`` pairs, another
-    header size) goes to ``nibabel.load(path, **kwargs)`` unchanged.
+    header size) goes to ``nibabel.load(path, **kwargs)`` unchanged. If :func:`read_nifti_ahead` read the
+    file (unchanged since), its image is returned, and :func:`float32_voxels` of it hands over the voxels
+    made then.
     """
+    if not kwargs:
+        found, prepared = ahead.take(path, "nifti")
+        if found:
+            image, voxels = prepared
+            image.set_filename(str(path))  # as reading it now would record it (MONAI's metadata names it)
+            _VOXELS[image] = voxels
+            return image
+    return _read_nifti(path, **kwargs)
+
+
+def read_nifti_ahead(path: str | os.PathLike[str]) -> bool:
+    """Start reading the ``.nii.gz`` at ``path`` in a background thread (:mod:`medfcn.data.ahead`): inflated
+    by ISA-L, its voxels made C-ordered float32 by numpy (both release the GIL), for the next
+    :func:`read_nifti` of it. Imports no PyTorch: ``medfcn infer`` calls it before the import. Returns
+    whether it started (only ``.nii.gz`` files are read ahead)."""
+    if not str(path).lower().endswith(".nii.gz"):
+        return False
+    import nibabel  # noqa: F401  # imported here, not first in the background thread beside other imports
+
+    def prepare(real: str) -> tuple[Any, np.ndarray]:
+        image = _read_nifti(real)
+        return image, float32_voxels(image, numpy_only=True)
+
+    return ahead.start(path, "nifti", prepare)
+
+
+def _read_nifti(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     import nibabel as nib
 
     if not str(path).lower().endswith(".nii.gz"):
@@ -106,11 +154,12 @@ def exact_in(source: np.dtype[Any], target: np.dtype[Any]) -> bool:
     return bool(np.can_cast(source, target, casting="safe"))
 
 
-def to_c_order(array: np.ndarray, dtype: Any = None) -> np.ndarray:
+def to_c_order(array: np.ndarray, dtype: Any = None, *, numpy_only: bool = False) -> np.ndarray:
     """``array`` C-contiguous, cast to ``dtype`` where that is exact (:func:`exact_in`), in one pass.
 
     A Fortran-ordered 3-D array (what nibabel hands over) is copied in slabs of a few planes of its middle
-    axis by torch; other layouts are copied by ``torch.Tensor.contiguous``. Byte-swapped (big-endian) arrays
+    axis by torch (several threads), or by numpy with ``numpy_only`` (one thread, no PyTorch import: the
+    read-ahead); other layouts are copied by ``torch.Tensor.contiguous``. Byte-swapped (big-endian) arrays
     come back in native byte order by numpy; dtypes torch has no tensor for come back as they are.
     """
     native = array.dtype.newbyteorder("=")
@@ -119,6 +168,14 @@ def to_c_order(array: np.ndarray, dtype: Any = None) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=target)
     if (array.flags.c_contiguous and target == array.dtype) or array.ndim == 0:
         return array
+    if numpy_only:
+        if array.ndim != 3 or not array.flags.f_contiguous:
+            return np.ascontiguousarray(array, dtype=target)
+        made = np.empty(array.shape, dtype=target)
+        planes = array.T  # the same memory, C order: (Z, Y, X)
+        for y in range(0, array.shape[1], _SLAB):
+            made[:, y : y + _SLAB] = planes[:, y : y + _SLAB].transpose(2, 1, 0)
+        return made
     try:
         import torch
 
@@ -137,42 +194,29 @@ def to_c_order(array: np.ndarray, dtype: Any = None) -> np.ndarray:
     return out.numpy()  # type: ignore[no-any-return]
 
 
-class FastNibabelReader(NibabelReader):  # type: ignore[misc]
-    """MONAI's ``NibabelReader`` with :func:`read_nifti` and the voxels as C-ordered float32, made in one pass.
-
-    The same metadata and the same values as ``LoadImage(reader="NibabelReader", dtype=numpy.float32)``:
-    the stored integers are transposed and cast to float32 (exact), and a scaled image (``scl_slope``,
-    ``scl_inter``) is scaled slab by slab by nibabel's own ``apply_read_scaling`` (float64 there, then
-    float32), never as one float64 copy of the volume (630 MB for a 512x512x300 CT). Big-endian voxels
-    come in native byte order (MONAI's ``LoadImage`` cannot make a tensor of them); voxels stored as int32 or
-    float64 keep nibabel's dtype, in C order.
+def float32_voxels(img: Any, *, numpy_only: bool = False) -> np.ndarray:
+    """The voxels of a nibabel image as a C-ordered float32 array (where float32 holds them exactly; int32
+    and float64 stay as stored), scaled by ``scl_slope``/``scl_inter`` slab by slab with nibabel's own
+    ``apply_read_scaling`` (no float64 copy of the volume). The same values as ``img.get_fdata()`` cast to
+    float32. Voxels :func:`read_nifti_ahead` made for ``img`` are handed over (once).
     """
+    from nibabel.arrayproxy import is_proxy
+    from nibabel.volumeutils import apply_read_scaling
 
-    def read(self, data: Any, **kwargs: Any) -> Any:
-        from monai.data.utils import correct_nifti_header_if_necessary
-        from monai.utils import ensure_tuple
-
-        filenames = ensure_tuple(data)
-        self.filenames = filenames  # what NibabelReader.read records for get_data
-        options = {**self.kwargs, **kwargs}
-        images = [correct_nifti_header_if_necessary(read_nifti(name, **options)) for name in filenames]
-        return images if len(filenames) > 1 else images[0]
-
-    def _get_array_data(self, img: Any, *args: Any) -> Any:
-        from nibabel.arrayproxy import is_proxy
-        from nibabel.volumeutils import apply_read_scaling
-
-        proxy = img.dataobj
-        stored = np.dtype(getattr(proxy, "dtype", np.float64))
-        fast = is_proxy(proxy) and hasattr(proxy, "get_unscaled") and exact_in(stored, np.dtype(np.float32))
-        if not fast:
-            return to_c_order(np.asanyarray(proxy), np.float32)
-        if not stored.isnative:
-            stored = stored.newbyteorder("=")
-        out = to_c_order(np.asanyarray(proxy.get_unscaled()), np.float32)
-        slope, inter = proxy.slope, proxy.inter
-        if out.ndim and not (np.all(np.asarray(slope) == 1) and np.all(np.asarray(inter) == 0)):
-            for start in range(0, out.shape[0], 8):  # elementwise: slab by slab equals the whole
-                block = out[start : start + 8]
-                block[...] = apply_read_scaling(block.astype(stored), slope, inter)
-        return out
+    made = _VOXELS.pop(img, None)
+    if made is not None:
+        return made
+    proxy = img.dataobj
+    stored = np.dtype(getattr(proxy, "dtype", np.float64))
+    fast = is_proxy(proxy) and hasattr(proxy, "get_unscaled") and exact_in(stored, np.dtype(np.float32))
+    if not fast:
+        return to_c_order(np.asanyarray(proxy), np.float32, numpy_only=numpy_only)
+    if not stored.isnative:
+        stored = stored.newbyteorder("=")
+    out = to_c_order(np.asanyarray(proxy.get_unscaled()), np.float32, numpy_only=numpy_only)
+    slope, inter = proxy.slope, proxy.inter
+    if out.ndim and not (np.all(np.asarray(slope) == 1) and np.all(np.asarray(inter) == 0)):
+        for start in range(0, out.shape[0], 8):  # elementwise: slab by slab equals the whole
+            block = out[start : start + 8]
+            block[...] = apply_read_scaling(block.astype(stored), slope, inter)
+    return out

@@ -11,7 +11,7 @@ What it reads (``LoadImage`` passes a path or a list of paths):
 * a list of the DICOM files of one series (e.g. :meth:`medfcn.data.cases.Case.load_input`),
 * a single NRRD/MetaImage file (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``), through SimpleITK,
 * NIfTI files, handed to MONAI's ``NibabelReader`` (same values and metadata; through
-  :class:`medfcn.data.nifti_io.FastNibabelReader`: ``.nii.gz`` inflated by ISA-L, the voxels C-ordered
+  :class:`FastNibabelReader`: ``.nii.gz`` inflated by ISA-L, the voxels C-ordered
   float32 in one pass),
 * enhanced multi-frame CT/MR/PET files (frames sorted and placed by their functional groups),
 * a DICOM SEG listed as the label of an MSD dataset: the label map on the grid of the series it
@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from monai.data.image_reader import ImageReader
+from monai.data.image_reader import ImageReader, NibabelReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from medfcn.data.dicom.geometry import SeriesGeometry, known_geometry, validate_series
@@ -66,13 +66,39 @@ from medfcn.data.dicom.seg_labels import is_dicom_seg, read_seg_label_for_datase
 from medfcn.data.dicom.series import file_headers, folder_headers, location, series_geometry
 from medfcn.data.dicom.values import to_float
 from medfcn.data.images import IMAGE_SUFFIXES, NIFTI_SUFFIXES, nifti_size_problem
-from medfcn.data.nifti_io import GZIP_ERRORS, FastNibabelReader
+from medfcn.data.nifti_io import GZIP_ERRORS, float32_voxels, read_nifti
 from medfcn.data.walk import suffix
 from medfcn.errors import InputError, one_line
 
-__all__ = ["DicomSeriesReader", "series_geometry"]  # series_geometry: medfcn.data.dicom.series
+__all__ = ["DicomSeriesReader", "FastNibabelReader", "series_geometry"]  # series_geometry: medfcn.data.dicom.series
 
 Backend = Literal["auto", "simpleitk", "pydicom"]
+
+
+class FastNibabelReader(NibabelReader):  # type: ignore[misc]
+    """MONAI's ``NibabelReader`` with :func:`~medfcn.data.nifti_io.read_nifti` and the voxels as C-ordered
+    float32, made in one pass (:func:`~medfcn.data.nifti_io.float32_voxels`, or ahead of time by
+    :func:`~medfcn.data.nifti_io.read_nifti_ahead`).
+
+    The same metadata and the same values as ``LoadImage(reader="NibabelReader", dtype=numpy.float32)``:
+    the stored integers are transposed and cast to float32 (exact), and a scaled image (``scl_slope``,
+    ``scl_inter``) is scaled slab by slab by nibabel's own ``apply_read_scaling`` (float64 there, then
+    float32), never as one float64 copy of the volume (630 MB for a 512x512x300 CT). Big-endian voxels
+    come in native byte order (MONAI's ``LoadImage`` cannot make a tensor of them); voxels stored as int32 or
+    float64 keep nibabel's dtype, in C order.
+    """
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        from monai.data.utils import correct_nifti_header_if_necessary
+
+        filenames = ensure_tuple(data)
+        self.filenames = filenames  # what NibabelReader.read records for get_data
+        options = {**self.kwargs, **kwargs}
+        images = [correct_nifti_header_if_necessary(read_nifti(name, **options)) for name in filenames]
+        return images if len(filenames) > 1 else images[0]
+
+    def _get_array_data(self, img: Any, *args: Any) -> Any:
+        return float32_voxels(img)
 
 
 @dataclass

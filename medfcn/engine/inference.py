@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medfcn.bundle import load_bundle
-from medfcn.data.gzip_io import forget_ahead
+from medfcn.data import ahead
 from medfcn.engine.segmenter import Prediction, Segmenter, _Loaded, _reason
 from medfcn.errors import InputError
 from medfcn.outputs.case import (
@@ -110,18 +110,19 @@ def discover(input: str | os.PathLike[str], *, modality: str | None = None, min_
 def read_ahead(cases: Sequence[Case], output: str | os.PathLike[str], *, overwrite: bool = False) -> Case | None:
     """Start reading the first case :func:`segment_folder` will segment, in a background thread.
 
-    A ``.nii.gz`` is inflated by ISA-L, which releases the GIL (:func:`medfcn.data.gzip_io.gunzip_ahead`):
-    during the start-up of ``medfcn infer`` (importing PyTorch and MONAI, building the network, one core
-    busy) the other core inflates the scan, and the case's load takes the bytes. Other cases are left
-    alone. Returns the case read ahead, or ``None``.
+    A ``.nii.gz`` is inflated by ISA-L and its voxels cast to C-ordered float32 by numpy, both of which
+    release the GIL (:func:`medfcn.data.nifti_io.read_nifti_ahead`): during the start-up of ``medfcn
+    infer`` (importing PyTorch and MONAI, building the network: one core busy) the other core reads the
+    scan, and the case's load takes the result. Other cases are left alone. Returns the case read ahead,
+    or ``None``.
     """
-    from medfcn.data.gzip_io import gunzip_ahead
+    from medfcn.data.nifti_io import read_nifti_ahead
 
     out = Path(output)
     first = next((c for c in cases if overwrite or not is_done(out / c.id)), None)
-    if first is None or first.kind == "dicom" or not str(first.paths[0]).lower().endswith(".nii.gz"):
+    if first is None or first.kind != "nifti" or len(first.paths) != 1:
         return None
-    return first if gunzip_ahead(first.paths[0]) else None
+    return first if read_nifti_ahead(first.paths[0]) else None
 
 
 def check_classes(bundle: str | os.PathLike[str], classes: Sequence[str] | None) -> None:
@@ -407,7 +408,7 @@ def _found_cases(
         yield found
     finally:
         found.close()
-        forget_ahead()  # a read-ahead no case took (a failed start) frees its bytes
+        ahead.forget()  # a read-ahead no case took (a failed start) frees its memory
 
 
 def _run_cases(

@@ -1,4 +1,4 @@
-"""Inflating ahead of time: the next gunzip of the same, unchanged file takes the bytes; anything else reads."""
+"""gzip by ISA-L, and work done ahead of time: the next take of the same, unchanged file gets its result."""
 
 from __future__ import annotations
 
@@ -9,76 +9,65 @@ from pathlib import Path
 
 import pytest
 
-from medfcn.data import gzip_io
-from medfcn.data.gzip_io import GZIP_ERRORS, forget_ahead, gunzip, gunzip_ahead, gzip_writer
+from medfcn.data import ahead
+from medfcn.data.gzip_io import GZIP_ERRORS, gunzip, gzip_writer
 
 
 @pytest.fixture(autouse=True)
 def _nothing_ahead() -> None:
-    forget_ahead()
+    ahead.forget()
 
 
-def _pending() -> set[str]:
-    with gzip_io._lock:
-        return set(gzip_io._ahead)
-
-
-def test_the_bytes_inflated_ahead_are_taken_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_result_of_work_ahead_is_taken_once(tmp_path: Path) -> None:
     path = tmp_path / "ct.nii.gz"
     path.write_bytes(gzip.compress(b"voxels" * 1000))
-    assert gunzip_ahead(path) is True
-    assert gunzip_ahead(tmp_path / "." / "ct.nii.gz") is False  # the same file: one read-ahead at a time
-    assert _pending() == {os.path.realpath(path)}
-    reads: list[str] = []
-    real = gzip_io._inflate
-    monkeypatch.setattr(gzip_io, "_inflate", lambda p: reads.append(str(p)) or real(p))
-    assert gunzip(path) == b"voxels" * 1000
-    assert reads == [] and _pending() == set()  # taken from the read-ahead, not read again
-    assert gunzip(path) == b"voxels" * 1000
-    assert reads == [str(path)]  # a second call reads the file itself
+    calls: list[str] = []
+    work = lambda p: calls.append(p) or gunzip(p)  # noqa: E731
+    assert ahead.start(path, "bytes", work) is True
+    assert ahead.start(tmp_path / "." / "ct.nii.gz", "bytes", work) is False  # the same file and kind: once
+    assert ahead.pending() == [("bytes", os.path.realpath(path))]
+    assert ahead.take(path, "other kind") == (False, None)
+    assert ahead.take(path, "bytes") == (True, b"voxels" * 1000)
+    assert calls == [os.path.realpath(path)] and ahead.pending() == []
+    assert ahead.take(path, "bytes") == (False, None)  # taken: a second take finds nothing
 
 
-def test_a_file_changed_after_the_read_ahead_is_read_again(tmp_path: Path) -> None:
+def test_a_file_changed_after_the_start_is_not_taken(tmp_path: Path) -> None:
     path = tmp_path / "ct.nii.gz"
     path.write_bytes(gzip.compress(b"old"))
-    assert gunzip_ahead(path)
-    done = next(iter(gzip_io._ahead.values())).done
-    assert done.wait(10)
+    assert ahead.start(path, "bytes", gunzip)
     path.write_bytes(gzip.compress(b"the new content, longer"))
     os.utime(path, ns=(1, 1))
-    assert gunzip(path) == b"the new content, longer"
+    assert ahead.take(path, "bytes") == (False, None)
+    assert ahead.start(tmp_path / "missing.nii.gz", "bytes", gunzip) is False
 
 
-def test_errors_of_the_read_ahead_are_raised_by_gunzip(tmp_path: Path) -> None:
+def test_errors_of_the_work_ahead_are_raised_by_take(tmp_path: Path) -> None:
     raw = gzip.compress(os.urandom(50_000))
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(raw[: len(raw) // 2])
-    assert gunzip_ahead(cut)
+    assert ahead.start(cut, "bytes", gunzip)
+    with pytest.raises(GZIP_ERRORS):
+        ahead.take(cut, "bytes")
     with pytest.raises(GZIP_ERRORS):
         gunzip(cut)
-    assert gunzip_ahead(tmp_path / "missing.nii.gz") is False
-    with pytest.raises(FileNotFoundError):
-        gunzip(tmp_path / "missing.nii.gz")
 
 
-def test_forget_drops_what_no_one_took_and_the_reader_waits_for_a_running_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forget_drops_what_no_one_took_and_take_waits_for_running_work(tmp_path: Path) -> None:
     path = tmp_path / "ct.nii.gz"
     path.write_bytes(gzip.compress(b"abc"))
-    assert gunzip_ahead(path)
-    forget_ahead()
-    assert _pending() == set()
+    assert ahead.start(path, "bytes", gunzip)
+    ahead.forget()
+    assert ahead.pending() == []
     release = threading.Event()
-    real = gzip_io._inflate
 
     def slow(p: str) -> bytes:
         release.wait(10)
-        return real(p)
+        return gunzip(p)
 
-    monkeypatch.setattr(gzip_io, "_inflate", slow)
-    assert gunzip_ahead(path)
-    monkeypatch.setattr(gzip_io, "_inflate", lambda p: pytest.fail("read again instead of waiting"))
+    assert ahead.start(path, "bytes", slow)
     threading.Timer(0.2, release.set).start()
-    assert gunzip(path) == b"abc"  # waited for the background inflation
+    assert ahead.take(path, "bytes") == (True, b"abc")  # waited for the background work
 
 
 def test_gzip_writer_writes_what_gzip_reads(tmp_path: Path) -> None:

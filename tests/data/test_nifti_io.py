@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,16 @@ import numpy as np
 import pytest
 from monai.transforms import LoadImage
 
-from medfcn.data.nifti_io import GZIP_ERRORS, FastNibabelReader, exact_in, gunzip, read_nifti, to_c_order
+from medfcn.data import ahead
+from medfcn.data.nifti_io import (
+    GZIP_ERRORS,
+    FastNibabelReader,
+    exact_in,
+    gunzip,
+    read_nifti,
+    read_nifti_ahead,
+    to_c_order,
+)
 
 AFFINE = np.array([[-0.8, 0.0, 0.1, 120.0], [0.0, 0.8, 0.0, -90.0], [0.0, 0.05, 2.5, 30.0], [0, 0, 0, 1.0]])
 
@@ -71,6 +81,10 @@ def test_to_c_order_keeps_every_value(dtype: str) -> None:
         np.testing.assert_array_equal(to_c_order(ro, np.float32), f)
     c = np.ascontiguousarray(f)
     assert to_c_order(c, None) is c
+    by_numpy = to_c_order(f, np.float32, numpy_only=True)  # the read-ahead's path: the same array
+    assert by_numpy.flags.c_contiguous and by_numpy.dtype == out.dtype
+    np.testing.assert_array_equal(by_numpy, out)
+    np.testing.assert_array_equal(to_c_order(f[:, ::2], np.float32, numpy_only=True), f[:, ::2])
 
 
 @pytest.mark.parametrize(
@@ -94,6 +108,16 @@ def test_fast_reader_equals_monai_reader_with_float32(
     np.testing.assert_array_equal(ours.numpy(), monai.numpy())
     np.testing.assert_array_equal(ours.affine.numpy(), monai.affine.numpy())
     assert ours.meta["filename_or_obj"] == monai.meta["filename_or_obj"] == str(path)
+    # read ahead (numpy, in a background thread): the very same array and metadata, and nothing left over
+    assert read_nifti_ahead(path)
+    before = ahead.pending()
+    early = LoadImage(reader=FastNibabelReader(), image_only=True, dtype=np.float32)(str(path))
+    assert before == [("nifti", os.path.realpath(path))] and ahead.pending() == []
+    np.testing.assert_array_equal(early.numpy(), ours.numpy())
+    assert early.is_contiguous() and early.dtype == ours.dtype
+    assert set(early.meta) == set(ours.meta)
+    for key, value in ours.meta.items():
+        np.testing.assert_array_equal(np.asarray(early.meta[key]), np.asarray(value), err_msg=key)
 
 
 @pytest.mark.parametrize("shape, dtype", [((41, 37, 23), np.uint8), ((19, 17, 11, 3), np.float32)])

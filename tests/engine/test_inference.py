@@ -301,24 +301,30 @@ def test_single_file_list_file_and_refusals(segmenter: Segmenter, scans: dict, t
 def test_a_discovery_made_before_is_used_and_the_first_scan_is_read_ahead(
     segmenter: Segmenter, scans: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medfcn.data import discovery, gzip_io
+    from medfcn.data import ahead, discovery, nifti_io
 
     root: Path = scans["root"]
+    reads: list[str] = []
+    real = nifti_io._read_nifti
+    monkeypatch.setattr(nifti_io, "_read_nifti", lambda p, **k: reads.append(str(p)) or real(p, **k))
     report = inference.discover(root / "nifti")  # what `medfcn infer` runs before importing PyTorch
     first = inference.read_ahead(report.cases, tmp_path / "out")
     assert first is not None and first.id == "ct_one"
     dicom = inference.discover(root / "study1")  # DICOM series are not read ahead
     assert dicom.cases and inference.read_ahead(dicom.cases, tmp_path / "d") is None
-    monkeypatch.setattr(discovery, "find_cases", lambda *a, **k: pytest.fail("discovered twice"))
-    inflated: list[str] = []
-    monkeypatch.setattr(gzip_io, "_inflate", lambda p: inflated.append(str(p)) or pytest.fail("read again"))
-    summary = segment_folder(segmenter, root / "nifti", tmp_path / "out", progress=False, discovered=report)
+    with monkeypatch.context() as patch:
+        patch.setattr(discovery, "find_cases", lambda *a, **k: pytest.fail("discovered twice"))
+        summary = segment_folder(segmenter, root / "nifti", tmp_path / "out", progress=False, discovered=report)
     assert summary.ok == 1 and (tmp_path / "out" / "ct_one" / "done.json").is_file()
-    assert inflated == []  # the case's bytes came from the read-ahead
-    assert not gzip_io._ahead  # and nothing is held after the run
+    assert reads == [str(first.paths[0].resolve())]  # read once, by the read-ahead; the load took it
+    assert ahead.pending() == []  # and nothing is held after the run
+    ref = segment_folder(segmenter, root / "nifti" / "ct_one.nii.gz", tmp_path / "ref", progress=False)
+    assert ref.ok == 1 and len(reads) == 2  # read by the load itself this time
+    masks = [np.asarray(nib.load(d / "ct_one" / "mask.nii.gz").dataobj) for d in (tmp_path / "out", tmp_path / "ref")]
+    np.testing.assert_array_equal(masks[0], masks[1])
     assert inference.read_ahead(report.cases, tmp_path / "out") is None  # a finished case is not read again
     assert inference.read_ahead(report.cases, tmp_path / "out", overwrite=True) is first
-    gzip_io.forget_ahead()
+    ahead.forget()
 
 
 @pytest.mark.slow

@@ -44,7 +44,6 @@ from medfcn.data.gzip_io import GZIP_ERRORS, gunzip, gzip_writer
 
 __all__ = [
     "GZIP_ERRORS",
-    "FastNibabelReader",
     "exact_in",
     "float32_voxels",
     "fortran_order",
@@ -59,7 +58,7 @@ __all__ = [
 _VOXELS: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: the MONAI reader lives with MONAI (medfcn.data.readers)
+def __getattr__(name: str) -> Any:  # PEP 562: the MONAI reader moved to medfcn.data.readers; the old name stays
     if name == "FastNibabelReader":
         from medfcn.data.readers import FastNibabelReader
 

@@ -56,6 +56,7 @@ __all__ = [
 
 #: voxels made ahead of time (:func:`read_nifti_ahead`) for an image :func:`read_nifti` handed out
 _VOXELS: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+_SLAB = 4  # planes of the middle axis per copy: both the source and the destination block stay in cache
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the MONAI reader moved to medfcn.data.readers; the old name stays
@@ -64,8 +65,6 @@ def __getattr__(name: str) -> Any:  # PEP 562: the MONAI reader moved to medfcn.
 
         return FastNibabelReader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-_SLAB = 4  # planes of the middle axis per copy: both the source and the destination block stay in cache
 
 
 def read_nifti(path: str | os.PathLike[str], **kwargs: Any) -> Any:

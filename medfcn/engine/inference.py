@@ -294,7 +294,15 @@ def segment_folder(
     with process_group(world), _found_cases(input_path, out, rank, world, modality, min_slices, discovered) as found:
         t_discovered = time.perf_counter()
         mine = found.cases[rank::world]
-        read_ahead(mine, out, overwrite=overwrite)  # the first scan is read while the model is built
+        rows: dict[str, CaseResult] = {}
+        todo: list[Case] = []
+        for case in mine:
+            if is_done(out / case.id) and not overwrite:
+                rows[case.id] = result_from_done(case, found.sources[case.id], out / case.id)
+            else:
+                todo.append(case)
+        read_ahead(todo, out, overwrite=True)  # the first scan left to do is read while the model is built
+        t_checked = time.perf_counter()
         segmenter = (
             bundle
             if isinstance(bundle, Segmenter)
@@ -317,13 +325,6 @@ def segment_folder(
         if rank == 0:
             write_labels(out, opts.classes, bundle=segmenter.name, version=segmenter.version)
 
-        rows: dict[str, CaseResult] = {}
-        todo: list[Case] = []
-        for case in mine:
-            if is_done(out / case.id) and not overwrite:
-                rows[case.id] = result_from_done(case, found.sources[case.id], out / case.id)
-            else:
-                todo.append(case)
         if todo:  # the weights are read only when there is something to segment: a finished rerun reads none
             t_weights = time.perf_counter()
             segmenter.load_weights()
@@ -362,7 +363,7 @@ def segment_folder(
                 cases=len(found.cases),
                 timings={
                     "discovery_s": t_discovered - t_start,
-                    "load_model_s": t_model - t_discovered,
+                    "load_model_s": t_model - t_checked,
                     "total_s": time.perf_counter() - t_start,
                 },
                 started=started,
